@@ -1,0 +1,80 @@
+"""The `attnent` command line: parse options, call the library, render results.
+
+Heavy modules (torch, matplotlib) are imported inside the commands that need them, so
+`attnent --help`, `export` and `compare` start quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+import typer
+
+from attn_entropy_cli.errors import AttnentError, AttnentWarning
+
+app = typer.Typer(
+    name="attnent",
+    help="Attention entropy for transformer training runs: per layer and head, "
+    "from checkpoints, training logs and TensorBoard files.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Attention entropy for transformer training runs."""
+    if version:
+        from attn_entropy_cli import __version__
+
+        print(f"attnent {__version__}")
+        raise typer.Exit(0)
+
+
+# the commands register themselves on `app`
+from attn_entropy_cli.cli import runs as _runs  # noqa: E402, F401
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; library errors become one `Error:` line on stderr and an exit code."""
+    warnings.showwarning = _show_warning
+    # only attnent's own warnings reach the user; libraries' deprecations are noise here
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("always", AttnentWarning)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="attnent", standalone_mode=False)
+    except AttnentError as error:
+        if os.environ.get("ATTNENT_DEBUG"):
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        message = error.format_message()
+        if isinstance(error, click.UsageError) and error.ctx is not None:
+            hint = f"Run '{error.ctx.command_path} --help' for the options"
+        else:
+            hint = "Run 'attnent --help' for the commands"
+        print(f"Error: {message.rstrip('.')}. {hint}.", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("Error: interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)
+    sys.exit(0)
