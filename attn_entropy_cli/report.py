@@ -85,3 +85,101 @@ class atomic_path:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+COMPARE_FORMATS = ("table", "csv", "json", "markdown")
+SUMMARY_HEADERS = {
+    "run": "run",
+    "n": "n",
+    "first": "first",
+    "last": "last",
+    "last_step": "at step",
+    "min": "min",
+    "min_step": "at step",
+    "max": "max",
+    "max_step": "at step",
+    "tail_mean": "tail mean",
+    "tail_trend": "trend/1k",
+    "vs_baseline": "vs baseline",
+    "flags": "flags",
+}
+
+
+def number(value) -> str:
+    """A value for a human: four significant digits, blank when missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
+    return str(value)
+
+
+def text_table(frame: pd.DataFrame, headers: list[str] | None = None) -> list[str]:
+    """Lines of a left-aligned-text, right-aligned-number plain table."""
+    headers = headers or list(frame.columns)
+    cells = [[number(v) for v in row] for row in frame.itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+
+    def line(values: list[str]) -> str:
+        parts = [v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)]
+
+
+def markdown_table(frame: pd.DataFrame, headers: list[str] | None = None) -> list[str]:
+    """Lines of a GitHub-flavoured markdown table."""
+    headers = headers or list(frame.columns)
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    rule = ["---:" if n else "---" for n in numeric]
+    rows = [[number(v) for v in row] for row in frame.itertuples(index=False)]
+    return ["| " + " | ".join(r) + " |" for r in [headers, rule, *rows]]
+
+
+def render_comparison(comparison, fmt: str) -> str:
+    """A `compare_runs` result as a terminal table, csv, json or markdown."""
+    if fmt not in COMPARE_FORMATS:
+        raise UsageError(f"unknown format {fmt!r}. Use one of {', '.join(COMPARE_FORMATS)}")
+    summary, at_steps = comparison.summary, comparison.at_steps
+    if fmt == "csv":
+        return summary.to_csv(index=False, lineterminator="\n")
+    if fmt == "json":
+        import json
+
+        document = {
+            "summary": json.loads(summary.to_json(orient="records")),
+            "at_steps": json.loads(at_steps.to_json(orient="records")),
+            "flags": json.loads(comparison.flags.to_json(orient="records")),
+            "notes": comparison.notes,
+        }
+        return json.dumps(document, indent=2) + "\n"
+
+    draw = markdown_table if fmt == "markdown" else text_table
+    lines: list[str] = []
+    columns = [c for c in SUMMARY_HEADERS if c in summary.columns]
+    for (metric, split), group in summary.groupby(["metric", "split"], sort=False):
+        title = f"{metric} ({split})"
+        lines += [f"### {title}" if fmt == "markdown" else title, ""]
+        lines += draw(group[columns], [SUMMARY_HEADERS[c] for c in columns])
+        lines.append("")
+    if not at_steps.empty:
+        wide = at_steps.pivot_table(
+            index=["metric", "split", "run"], columns="at_step", values="value", sort=False
+        ).reset_index()
+        wide.columns = [f"step {c}" if isinstance(c, (int,)) else str(c) for c in wide.columns]
+        lines += ["### values at steps" if fmt == "markdown" else "values at steps", ""]
+        lines += draw(wide)
+        lines.append("")
+    if not comparison.flags.empty:
+        lines += ["### flags" if fmt == "markdown" else "flags", ""]
+        for flag in comparison.flags.itertuples(index=False):
+            where = f"{flag.split}/{flag.metric}" if flag.split else flag.metric
+            lines.append(
+                f"{'- ' if fmt == 'markdown' else ''}{flag.run}: {flag.flag} ({where}): "
+                f"{flag.detail}"
+            )
+        lines.append("")
+    for i, note in enumerate(comparison.notes, 1):
+        lines.append(f"[{i}] {note}")
+    return "\n".join(lines).rstrip() + "\n"

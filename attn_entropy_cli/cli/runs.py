@@ -9,9 +9,7 @@ import typer
 
 from attn_entropy_cli.cli import app
 
-RunsArg = typer.Argument(
-    ..., help="Run folders, console logs or event files.", show_default=False
-)
+RunsArg = typer.Argument(..., help="Run folders, console logs or event files.", show_default=False)
 NameOpt = typer.Option(None, "--name", help="A name per run, in order (default: folder name).")
 
 
@@ -35,3 +33,78 @@ def export(
     if output is not None and fmt == "csv":
         fmt = report.format_from_suffix(output)
     report.write_table(table, output, fmt)
+
+
+def split_list(values: list[str] | None) -> tuple[str, ...]:
+    """Values of a repeatable option that may also hold commas: `--metric a,b --metric c`."""
+    return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
+
+
+@app.command()
+def compare(
+    runs: list[Path] = RunsArg,
+    metric: Optional[list[str]] = typer.Option(
+        None,
+        "--metric",
+        "-m",
+        help="Metrics to summarise [default: attention_entropy, ppl, accuracy].",
+    ),
+    split: Optional[list[str]] = typer.Option(
+        None, "--split", "-s", help="Splits to summarise [default: progress, valid]."
+    ),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Run to measure against."),
+    at_steps: Optional[str] = typer.Option(
+        None, "--at-steps", help="Comma-separated steps: add a table of values at those steps."
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or markdown."),
+    fail_on: Optional[str] = typer.Option(
+        None,
+        "--fail-on",
+        help="Comma-separated flags that make the command exit 3: "
+        "not-computed, uniform, collapse, diverged.",
+    ),
+    collapse_below: float = typer.Option(
+        0.5, "--collapse-below", help="Attention entropy (nats) that counts as collapse."
+    ),
+    name: Optional[list[str]] = NameOpt,
+) -> None:
+    """Summarise runs side by side: first, last, min, max, tail mean and trend, and flags.
+
+    Flags: not-computed (no attention entropy was logged), uniform (the same validation
+    entropy three times in a row), collapse (entropy under --collapse-below or under a
+    quarter of its running maximum), diverged (ppl/xent not finite, or last ppl over
+    twice its minimum).
+
+    Example: attnent compare sample_runs/runA sample_runs/runB sample_runs/runD
+    """
+    from attn_entropy_cli import report
+    from attn_entropy_cli.compare import FLAGS, CompareOptions, compare_runs
+    from attn_entropy_cli.errors import FlagRaised, UsageError
+    from attn_entropy_cli.runs import read_runs
+
+    gates = split_list([fail_on] if fail_on else None)
+    unknown = [g for g in gates if g not in FLAGS]
+    if unknown:
+        raise UsageError(f"unknown flag {unknown[0]!r} in --fail-on. Use {', '.join(FLAGS)}")
+    try:
+        steps = tuple(int(v) for v in split_list([at_steps] if at_steps else None))
+    except ValueError:
+        raise UsageError(
+            f"--at-steps {at_steps!r} is not a list of steps. Use e.g. 100,200"
+        ) from None
+
+    defaults = CompareOptions()
+    options = CompareOptions(
+        metrics=split_list(metric) or defaults.metrics,
+        splits=split_list(split) or defaults.splits,
+        baseline=baseline,
+        at_steps=steps,
+        collapse_below=collapse_below,
+    )
+    comparison = compare_runs(read_runs(runs, name), options)
+    typer.echo(report.render_comparison(comparison, fmt), nl=False)
+
+    raised = comparison.flags[comparison.flags["flag"].isin(gates)]
+    if not raised.empty:
+        found = ", ".join(f"{r.run} {r.flag}" for r in raised.itertuples(index=False))
+        raise FlagRaised(f"flags raised: {found}. Fix the runs or drop them from --fail-on")

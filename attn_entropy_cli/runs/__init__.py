@@ -124,7 +124,8 @@ def drop_uncomputed_entropy(table: pd.DataFrame) -> pd.DataFrame:
         warnings.warn(
             f"run {run}: {count} attention_entropy values of exactly 0 read as not computed "
             "(EOLE logs 0.000 when it gets no attention weights)",
-            AttnentWarning, stacklevel=3,
+            AttnentWarning,
+            stacklevel=3,
         )
     table = table.copy()
     table.loc[zero, s.VALUE] = float("nan")
@@ -140,10 +141,11 @@ def read_runs(paths: Sequence[Path], names: Sequence[str] | None = None) -> pd.D
         raise UsageError(
             f"{len(names)} --name values for {len(paths)} runs. Give one --name per run"
         )
+    paths = [Path(p) for p in paths]
     names = list(names) if names else default_names(paths)
     if len(set(names)) != len(names):
         raise UsageError(f"run names repeat: {', '.join(names)}. Give distinct --name values")
-    runs = [find_run(Path(p), n) for p, n in zip(paths, names)]
+    runs = [find_run(p, n) for p, n in zip(paths, names)]
 
     table = pd.concat([read_files(run) for run in runs], ignore_index=True)
     key = [s.RUN, s.SOURCE, s.SPLIT, s.STEP, s.METRIC]
