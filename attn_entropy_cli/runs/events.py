@@ -84,9 +84,9 @@ def read_event_file(path: Path) -> pd.DataFrame:
                 "Remove it or give another run"
             )
         warnings.warn(
-            f"event file {path}: {framing.problem}; read the {framing.records} records "
-            "before it",
-            AttnentWarning, stacklevel=2,
+            f"event file {path}: {framing.problem}; read the {framing.records} records before it",
+            AttnentWarning,
+            stacklevel=2,
         )
 
     reader = SummaryReader(str(path), extra_columns={"wall_time"})
@@ -96,9 +96,11 @@ def read_event_file(path: Path) -> pd.DataFrame:
         scalar = tensors["value"].map(lambda value: getattr(value, "ndim", 1) == 0)
         tensors = tensors[scalar].assign(value=lambda t: t["value"].astype(float))
         frames.append(tensors)
-    frame = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(
-        not f.empty for f in frames
-    ) else pd.DataFrame(columns=["step", "tag", "value", "wall_time"])
+    frame = (
+        pd.concat([f for f in frames if not f.empty], ignore_index=True)
+        if any(not f.empty for f in frames)
+        else pd.DataFrame(columns=["step", "tag", "value", "wall_time"])
+    )
 
     parts = frame["tag"].map(split_tag)
     return pd.DataFrame(

@@ -172,7 +172,5 @@ def read_log(path: Path) -> list[Row]:
     if not rows:
         if path.stat().st_size == 0:
             raise InputError(f"log {path} is empty. Give a log written by a training run")
-        raise InputError(
-            f"log {path} has no 'Step' lines. Give an EOLE or OpenNMT-py training log"
-        )
+        raise InputError(f"log {path} has no 'Step' lines. Give an EOLE or OpenNMT-py training log")
     return rows
