@@ -69,6 +69,14 @@ def split_tag(tag: str) -> tuple[str, str]:
     return "progress", tag
 
 
+def scalar_tensors(tensors: pd.DataFrame) -> pd.DataFrame:
+    """The rank-0 rows of tbparse's tensor table (`add_scalar(..., new_style=True)`)."""
+    if tensors.empty or pd.api.types.is_numeric_dtype(tensors["value"]):
+        return tensors
+    scalar = tensors["value"].map(lambda value: getattr(value, "ndim", 1) == 0)
+    return tensors[scalar].assign(value=lambda t: t["value"].astype(float))
+
+
 def read_event_file(path: Path) -> pd.DataFrame:
     """Scalars of one event file as columns `split, step, metric, value, wall_time`.
 
@@ -90,17 +98,11 @@ def read_event_file(path: Path) -> pd.DataFrame:
         )
 
     reader = SummaryReader(str(path), extra_columns={"wall_time"})
-    frames = [reader.scalars]
-    tensors = reader.tensors
-    if not tensors.empty:
-        scalar = tensors["value"].map(lambda value: getattr(value, "ndim", 1) == 0)
-        tensors = tensors[scalar].assign(value=lambda t: t["value"].astype(float))
-        frames.append(tensors)
-    frame = (
-        pd.concat([f for f in frames if not f.empty], ignore_index=True)
-        if any(not f.empty for f in frames)
-        else pd.DataFrame(columns=["step", "tag", "value", "wall_time"])
-    )
+    frames = [reader.scalars, scalar_tensors(reader.tensors)]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=["split", "step", "metric", "value", "wall_time"])
+    frame = pd.concat(frames, ignore_index=True)
 
     parts = frame["tag"].map(split_tag)
     return pd.DataFrame(
