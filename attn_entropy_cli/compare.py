@@ -6,7 +6,7 @@ Everything here takes and returns DataFrames; rendering happens in `report`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,8 @@ import pandas as pd
 from attn_entropy_cli import schema as s
 from attn_entropy_cli.errors import UsageError
 
+DEFAULT_METRICS = (s.ATTENTION_ENTROPY, "ppl", "accuracy")
+DEFAULT_SPLITS = ("progress", "valid")
 FLAGS = ("not-computed", "uniform", "collapse", "diverged")
 KEY = [s.RUN, s.SPLIT, s.METRIC]
 
@@ -22,8 +24,8 @@ KEY = [s.RUN, s.SPLIT, s.METRIC]
 class CompareOptions:
     """What `compare` summarises and how it judges runs."""
 
-    metrics: tuple[str, ...] = (s.ATTENTION_ENTROPY, "ppl", "accuracy")  # rows of the summary
-    splits: tuple[str, ...] = ("progress", "valid")  # splits summarised
+    metrics: tuple[str, ...] | None = None  # rows of the summary; None: DEFAULT_METRICS
+    splits: tuple[str, ...] | None = None  # splits summarised; None: DEFAULT_SPLITS
     baseline: str | None = None  # run the others are measured against
     at_steps: tuple[int, ...] = ()  # steps for the table of values at steps
     collapse_below: float = 0.5  # attention entropy (nats) under which a head has collapsed
@@ -56,25 +58,31 @@ def merge_sources(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return merged.reset_index(drop=True), both
 
 
-def check_choices(table: pd.DataFrame, options: CompareOptions) -> None:
-    """Refuse metrics, splits and a baseline that no run has, listing what there is."""
-    checks = [
-        ("metric", options.metrics, s.METRIC),
-        ("split", options.splits, s.SPLIT),
-    ]
-    for what, chosen, column in checks:
+def resolve_choices(table: pd.DataFrame, options: CompareOptions) -> CompareOptions:
+    """Options with defaults filled in from what the runs have.
+
+    Named metrics, splits and a baseline that no run has are refused, listing what there is;
+    a default that no run has is left out quietly.
+    """
+    chosen = {}
+    for what, named, default, column in (
+        ("metric", options.metrics, DEFAULT_METRICS, s.METRIC),
+        ("split", options.splits, DEFAULT_SPLITS, s.SPLIT),
+    ):
         present = sorted(table[column].unique())
-        missing = [c for c in chosen if c not in present]
+        missing = [c for c in named or () if c not in present]
         if missing:
             raise UsageError(
                 f"no run has {what} {', '.join(map(repr, missing))}. "
                 f"Choose from: {', '.join(present)}"
             )
+        chosen[what] = tuple(named or [d for d in default if d in present] or present)
     runs = list(dict.fromkeys(table[s.RUN]))
     if options.baseline is not None and options.baseline not in runs:
         raise UsageError(
             f"baseline {options.baseline!r} is not one of the runs. Choose from: {', '.join(runs)}"
         )
+    return replace(options, metrics=chosen["metric"], splits=chosen["split"])
 
 
 def tail(points: pd.DataFrame, fraction: float) -> pd.DataFrame:
@@ -246,7 +254,7 @@ def run_flags(merged: pd.DataFrame, options: CompareOptions) -> pd.DataFrame:
 def compare_runs(table: pd.DataFrame, options: CompareOptions | None = None) -> Comparison:
     """Summarise every run of a long run table, with flags and optional baseline."""
     options = options or CompareOptions()
-    check_choices(table, options)
+    options = resolve_choices(table, options)
     merged, both = merge_sources(table)
     notes = []
     if both:

@@ -93,10 +93,9 @@ def compare(
             f"--at-steps {at_steps!r} is not a list of steps. Use e.g. 100,200"
         ) from None
 
-    defaults = CompareOptions()
     options = CompareOptions(
-        metrics=split_list(metric) or defaults.metrics,
-        splits=split_list(split) or defaults.splits,
+        metrics=split_list(metric) or None,
+        splits=split_list(split) or None,
         baseline=baseline,
         at_steps=steps,
         collapse_below=collapse_below,
