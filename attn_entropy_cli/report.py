@@ -183,3 +183,12 @@ def render_comparison(comparison, fmt: str) -> str:
     for i, note in enumerate(comparison.notes, 1):
         lines.append(f"[{i}] {note}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def save_figure(figure, path: Path) -> None:
+    """Write a finished figure; the file appears only once it is complete."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=120)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from attn_entropy_cli.cli import app
+from attn_entropy_cli.errors import UsageError
 
 RunsArg = typer.Argument(..., help="Run folders, console logs or event files.", show_default=False)
 NameOpt = typer.Option(None, "--name", help="A name per run, in order (default: folder name).")
@@ -79,7 +81,7 @@ def compare(
     """
     from attn_entropy_cli import report
     from attn_entropy_cli.compare import FLAGS, CompareOptions, compare_runs
-    from attn_entropy_cli.errors import FlagRaised, UsageError
+    from attn_entropy_cli.errors import FlagRaised
     from attn_entropy_cli.runs import read_runs
 
     gates = split_list([fail_on] if fail_on else None)
@@ -107,3 +109,92 @@ def compare(
     if not raised.empty:
         found = ", ".join(f"{r.run} {r.flag}" for r in raised.itertuples(index=False))
         raise FlagRaised(f"flags raised: {found}. Fix the runs or drop them from --fail-on")
+
+
+@app.command()
+def plot(
+    runs: list[Path] = typer.Argument(
+        ...,
+        help="Run folders, logs or event files; or one table from 'attnent compute -o'.",
+        show_default=False,
+    ),
+    output: Path = typer.Option(
+        Path("attnent.png"), "-o", "--output", help="Figure file: .png, .svg or .pdf."
+    ),
+    metric: Optional[list[str]] = typer.Option(
+        None,
+        "--metric",
+        "-m",
+        help="Metrics, one panel each [default: attention_entropy, ppl, accuracy].",
+    ),
+    split: Optional[list[str]] = typer.Option(
+        None, "--split", "-s", help="Splits [default: progress, valid]."
+    ),
+    smoothing: float = typer.Option(
+        0.6, "--smoothing", help="TensorBoard's smoothing weight in [0, 1); 0 turns it off."
+    ),
+    x: str = typer.Option("step", "--x", help="step, relative (hours) or wall (clock)."),
+    group: Optional[str] = typer.Option(
+        None, "--group", help="Regex; runs sharing its first group become one mean curve."
+    ),
+    heatmap_at: Optional[int] = typer.Option(
+        None, "--heatmap-at", help="For a table over several checkpoints: the step to draw."
+    ),
+    bits: bool = typer.Option(False, "--bits", help="Entropy tables: show bits, not nats."),
+    name: Optional[list[str]] = NameOpt,
+) -> None:
+    """Draw runs' curves, or the layer x head heatmap of an entropy table.
+
+    Runs: one panel per metric and split, one colour per run, the raw curve faint and the
+    smoothed one solid. An entropy table: one heatmap per attention type; a table over
+    several checkpoints draws one line per head over steps (--heatmap-at STEP for one step).
+
+    Example: attnent plot sample_runs/runA sample_runs/runB -m attention_entropy -o runs.png
+    """
+    from attn_entropy_cli import report, tables
+
+    suffix = output.suffix.lower()
+    if suffix not in report.FIGURE_SUFFIXES:
+        raise UsageError(f"cannot draw to {output}. Name a .png, .svg or .pdf file with -o")
+    if len(runs) == 1 and tables.looks_like_result(runs[0]):
+        figure = entropy_figure(runs[0], heatmap_at, bits)
+    else:
+        figure = runs_figure(runs, name, metric, split, smoothing, x, group)
+    report.save_figure(figure, output)
+    typer.echo(f"wrote {output}", err=True)
+
+
+def entropy_figure(path: Path, heatmap_at: Optional[int], bits: bool):
+    """The figure of an entropy table: a heatmap, or head lines over steps."""
+    from attn_entropy_cli import plots, tables
+
+    table = tables.read_entropy_table(path)
+    unit = table["unit"].iloc[0] if "unit" in table.columns else "nats"
+    if bits and unit == "nats":
+        table = table.assign(entropy=table["entropy"] / math.log(2))
+        unit = "bits"
+    steps = sorted(table["step"].dropna().unique()) if "step" in table.columns else []
+    if heatmap_at is not None:
+        if heatmap_at not in steps:
+            known = ", ".join(str(int(v)) for v in steps) or "none"
+            raise UsageError(f"--heatmap-at {heatmap_at} is not in {path}. Steps: {known}")
+        chosen = table[table["step"] == heatmap_at]
+        return plots.heatmap_figure(chosen, unit, f"step {heatmap_at}")
+    if len(steps) > 1:
+        return plots.trajectory_figure(table, unit)
+    return plots.heatmap_figure(table, unit)
+
+
+def runs_figure(runs, name, metric, split, smoothing, x, group):
+    """The figure of runs' curves: one panel per chosen (metric, split)."""
+    from attn_entropy_cli import plots
+    from attn_entropy_cli.compare import CompareOptions, merge_sources, resolve_choices
+    from attn_entropy_cli.runs import read_runs
+
+    table, _ = merge_sources(read_runs(runs, name))
+    options = resolve_choices(
+        table, CompareOptions(metrics=split_list(metric) or None, splits=split_list(split) or None)
+    )
+    present = set(zip(table["metric"], table["split"]))
+    panels = [(m, sp) for m in options.metrics for sp in options.splits if (m, sp) in present]
+    return plots.runs_figure(table, panels, smoothing, x, group)
