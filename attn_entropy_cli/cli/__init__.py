@@ -10,7 +10,6 @@ import os
 import sys
 import warnings
 
-import click
 import typer
 
 from attn_entropy_cli.errors import AttnentError, AttnentWarning
@@ -55,26 +54,36 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("always", AttnentWarning)
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="attnent", standalone_mode=False)
+        code = command.main(args=argv, prog_name="attnent", standalone_mode=False)
     except AttnentError as error:
         if os.environ.get("ATTNENT_DEBUG"):
             raise
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as error:
-        message = error.format_message()
-        if isinstance(error, click.UsageError) and error.ctx is not None:
-            hint = f"Run '{error.ctx.command_path} --help' for the options"
-        else:
-            hint = "Run 'attnent --help' for the commands"
-        print(f"Error: {message.rstrip('.')}. {hint}.", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except typer.TyperException as error:
+        sys.exit(usage_error(error))
+    except (KeyboardInterrupt, typer.Abort):
         print("Error: interrupted.", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error(error: typer.TyperException) -> int:
+    """Print a command-line parsing error as one line; return its exit code."""
+    context = getattr(error, "ctx", None)
+    if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+        print(context.get_help(), file=sys.stderr)
+        return 2
+    message = error.format_message().rstrip(".")
+    if context is not None:
+        hint = f"Run '{context.command_path} --help' for the options"
+    else:
+        hint = "Run 'attnent --help' for the commands"
+    print(f"Error: {message}. {hint}.", file=sys.stderr)
+    return getattr(error, "exit_code", 2)
     sys.exit(0)
