@@ -296,4 +296,14 @@ def compare_runs(table: pd.DataFrame, options: CompareOptions | None = None) -> 
     raised = flags.groupby(s.RUN)["flag"].agg(lambda f: ",".join(dict.fromkeys(f)))
     summary["flags"] = summary[s.RUN].map(raised).fillna("")
     at_steps = values_at_steps(chosen, options.at_steps)
+    order = {
+        s.RUN: {run: i for i, run in enumerate(dict.fromkeys(table[s.RUN]))},
+        s.METRIC: {metric: i for i, metric in enumerate(options.metrics)},
+        s.SPLIT: {split: i for i, split in enumerate(options.splits)},
+    }
+    at_steps = at_steps.sort_values(
+        [s.METRIC, s.SPLIT, s.RUN, "at_step"],
+        key=lambda col: col.map(order[col.name]) if col.name in order else col,
+        kind="stable",
+    ).reset_index(drop=True)
     return Comparison(summary, at_steps, flags, notes)
