@@ -230,3 +230,10 @@ def test_plot_entropy_table(tmp_path, capsys):
     code, _, err = run_cli(["plot", table, "-o", tmp_path / "h.png", "--heatmap-at", "5"], capsys)
     assert code == 2
     assert last_error(err) == f"Error: --heatmap-at 5 is not in {table}. Steps: 100"
+
+
+def test_version_and_module_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "attn_entropy_cli", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("attnent ")

@@ -26,16 +26,26 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Attention entropy for transformer training runs."""
-    if version:
+def print_version(value: bool) -> None:
+    """Print the version and stop, before any command runs."""
+    if value:
         from attn_entropy_cli import __version__
 
         print(f"attnent {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=print_version,
+    ),
+) -> None:
+    """Attention entropy for transformer training runs."""
 
 
 # the commands register themselves on `app`
