@@ -146,7 +146,8 @@ def rotation_order(paths: Iterable[Path]) -> list[Path]:
 
     def key(path: Path) -> tuple[str, int]:
         match = ROTATED.match(path.name)
-        assert match is not None  # the pattern matches every name
+        if match is None:  # an empty name; the pattern matches every other
+            return str(path), 0
         index = int(match.group("index") or 0)
         return str(path.parent / match.group("base")), -index
 
