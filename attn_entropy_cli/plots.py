@@ -54,7 +54,9 @@ def group_runs(runs: list[str], pattern: str | None) -> dict[str, list[str]]:
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise UsageError(f"--group {pattern!r} is not a regular expression ({error}). Fix it")
+        raise UsageError(
+            f"--group {pattern!r} is not a regular expression ({error}). Fix it"
+        ) from None
     if regex.groups < 1:
         raise UsageError(f"--group {pattern!r} has no capture group. Add one, e.g. '(.*)_seed'")
     groups: dict[str, list[str]] = {}

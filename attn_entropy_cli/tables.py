@@ -34,7 +34,7 @@ def read_entropy_table(path: Path) -> pd.DataFrame:
     except (ValueError, OSError, ImportError) as error:
         raise InputError(
             f"cannot read table {path} ({error}). Give a file from 'attnent compute -o'"
-        )
+        ) from None
     missing = [c for c in NEEDED if c not in table.columns]
     if missing or table.empty:
         raise InputError(

@@ -149,7 +149,8 @@ def last_error(err):
         (
             ["compare", "{runs}/runA", "--fail-on", "boom"],
             2,
-            "Error: unknown flag 'boom' in --fail-on. Use not-computed, uniform, collapse, diverged",
+            "Error: unknown flag 'boom' in --fail-on. "
+            "Use not-computed, uniform, collapse, diverged",
         ),
         (
             ["compare", "{runs}/runA", "--at-steps", "1,x"],

@@ -78,7 +78,7 @@ def test_unknown_and_appended_fields_are_kept():
 
 
 def test_validation_block_takes_the_step_of_the_step_line_before_it(sample_runs):
-    rows, _ = logs.parse_lines(open(sample_runs / "runA" / "train.log"))
+    rows, _ = logs.parse_lines((sample_runs / "runA" / "train.log").read_text().splitlines())
     block = {(sp, st, m): v for sp, st, m, v, _ in rows if sp != "progress"}
     assert block[("valid", 50, "ppl")] == 83.98
     assert block[("valid", 50, "accuracy")] == 36.4108

@@ -20,7 +20,7 @@ STEP_LINE = re.compile(r"\] Step (\d+)/\s*\d+; (.*)$")
 def raw_step_values(log_path):
     """(step, field) -> value from the log, by plain string splitting (no attnent code)."""
     found = {}
-    for line in open(log_path):
+    for line in log_path.read_text().splitlines():
         match = STEP_LINE.search(line)
         if not match:
             continue

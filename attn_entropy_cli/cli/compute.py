@@ -13,8 +13,12 @@ from attn_entropy_cli.errors import UsageError
 
 STDOUT_FORMATS = ("table", "csv", "json")
 
-CheckpointArg = typer.Argument(..., help="Checkpoint file or folder.", show_default=False)
-DataArg = typer.Argument(..., help="Text file, one example per line.", show_default=False)
+PathsArg = typer.Argument(
+    ...,
+    metavar="CHECKPOINT... DATA",
+    help="Checkpoints or run folders (several: entropy over training), then the data file.",
+    show_default=False,
+)
 TgtOpt = typer.Option(None, "--tgt", help="Target side, line for line.")
 TypesOpt = typer.Option(
     None,
@@ -73,10 +77,38 @@ def render(result) -> str:
     return "\n".join(lines)
 
 
+def render_compat(result) -> str:
+    """EOLE's logged number next to attnent's, and the difference taken apart."""
+    attn_type, layer, head = result.std
+    batches = f"{result.n_batches} batch{'es' if result.n_batches != 1 else ''}"
+    lines = [
+        f"EOLE-compatible entropy: {attn_type} layer {layer} head {head} (EOLE's 'std'), "
+        f"{result.n_sentences} sentences in {batches} of {result.batch_size} {result.batch_type}",
+        f"  EOLE would log        {result.eole:.6f}",
+        f"  attnent's definition  {result.attnent:.6f}",
+        f"  difference            {result.difference:+.6f} = padded rows {result.padded_rows:+.6f}"
+        f" + per-sentence averaging {result.sentence_weighting:+.6f} + clamp {result.clamp:+.1e}",
+    ]
+    lines += [f"  note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def render_trajectory(table, aggregation: str) -> str:
+    """One row per checkpoint step: the aggregated value and the per-type means."""
+    from attn_entropy_cli.compute import aggregate
+
+    lines = [f"{'step':>8}  {aggregation:>10}"]
+    for step, group in table.groupby("step", sort=True):
+        lines.append(f"{int(step):>8}  {aggregate(group, aggregation):>10.4f}")
+    lines.append(
+        "per head: write the table with -o FILE.csv and draw it with 'attnent plot FILE.csv'"
+    )
+    return "\n".join(lines)
+
+
 @app.command()
 def compute(
-    checkpoint: Path = CheckpointArg,
-    data: Path = DataArg,
+    paths: list[Path] = PathsArg,
     start: int = typer.Option(0, "--start", help="First line of the slice, 0-based."),
     limit: int | None = typer.Option(None, "--limit", help="Most lines to take."),
     max_length: int | None = typer.Option(None, "--max-length", help="Tokens per example."),
@@ -86,7 +118,21 @@ def compute(
     tsv: bool = typer.Option(False, "--tsv", help="DATA lines are source<TAB>target."),
     types: list[str] | None = TypesOpt,
     layers: list[str] | None = LayersOpt,
-    aggregation: str = typer.Option("mean", "--aggregation", help="mean, max or min."),
+    aggregation: str | None = typer.Option(
+        None, "--aggregation", help="mean, max or min [default: the config's, else mean]."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="EOLE training config whose attention_entropy_* options to use."
+    ),
+    eole_compat: bool = typer.Option(
+        False, "--eole-compat", help="Also compute the number EOLE's validation would log."
+    ),
+    eole_batch_size: int | None = typer.Option(
+        None, "--eole-batch-size", help="--eole-compat batch size [default: valid_batch_size]."
+    ),
+    eole_batch_type: str | None = typer.Option(
+        None, "--eole-batch-type", help="--eole-compat: sents or tokens [default: batch_type]."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     bits: bool = typer.Option(False, "--bits", help="Report bits instead of nats."),
@@ -111,18 +157,36 @@ def compute(
     Example: attnent compute sample_runs/nanogpt/ckpt.pt sample_runs/data/src-val.txt --limit 20
     """
     from attn_entropy_cli import report
-    from attn_entropy_cli.compute import ComputeOptions, compute_entropy
+    from attn_entropy_cli.compute import ComputeOptions, aggregate, compute_entropy
     from attn_entropy_cli.data import DataOptions
+    from attn_entropy_cli.eole_compat import CompatOptions, compute_eole_compat, with_std_rows
     from attn_entropy_cli.loaders.base import LoadOptions
+    from attn_entropy_cli.loaders.eole import eole_std_site
+    from attn_entropy_cli.training_config import EntropyConfig, entropy_options_for
+    from attn_entropy_cli.trajectory import compute_trajectory, expand_checkpoints
 
     if fmt not in STDOUT_FORMATS:
         raise UsageError(f"unknown --format {fmt!r}. Use one of {', '.join(STDOUT_FORMATS)}")
     if output is not None:
         out_format = report.format_from_suffix(output)
+    if len(paths) < 2:
+        raise UsageError(
+            "compute needs a checkpoint and a data file. Example: attnent compute CKPT DATA.txt"
+        )
+    *checkpoints, data = paths
+
+    # the four attention_entropy_* options: command line, else the run's training config
+    command_line = EntropyConfig(
+        types=tuple(split_list(types)) or None, layers=parse_layers(layers), aggregation=aggregation
+    )
+    chosen = entropy_options_for(checkpoints, config, command_line)
+    if chosen.source is not None:
+        print(f"attention-entropy options from {chosen.source}", file=sys.stderr)
+    wants_std = chosen.types is not None and "std" in chosen.types
     options = ComputeOptions(
-        types=tuple(split_list(types)) or None,
-        layers=parse_layers(layers),
-        aggregation=aggregation,
+        types=None if wants_std else chosen.types,
+        layers=chosen.layers,
+        aggregation=chosen.aggregation or "mean",
         batch_size=batch_size,
         max_length=max_length,
         bits=bits,
@@ -131,20 +195,43 @@ def compute(
     load_options = LoadOptions(
         format_hint, tokenizer, factory, unsafe_load_pickle, device=device, dtype=dtype
     )
+    refs = expand_checkpoints(checkpoints, load_options)
+    if eole_compat and len(refs) > 1:
+        raise UsageError(
+            f"--eole-compat takes one checkpoint, not {len(refs)}. Name one step_N folder"
+        )
+
     with ExitStack() as stack:
         bars = []
 
         def progress(done: int, total: int) -> None:
             # the bar opens with the first batch, so errors before it stay one clean line
             if not bars:
-                bar = typer.progressbar(length=total, label="batches", file=sys.stderr)
+                label = "checkpoints" if len(refs) > 1 else "batches"
+                bar = typer.progressbar(length=total, label=label, file=sys.stderr)
                 bars.append(stack.enter_context(bar))
             bars[0].update(1)
 
-        result = compute_entropy(checkpoint, data_options, load_options, options, progress)
+        if len(refs) > 1:
+            result = None
+            table = compute_trajectory(checkpoints, data_options, load_options, options, progress)
+        else:
+            result = compute_entropy(refs[0].path, data_options, load_options, options, progress)
+            table = result.table
+    if wants_std:
+        table = with_std_rows(table, eole_std_site(refs[0].path), chosen.types)
+        if result is not None:
+            result.table, result.aggregate = table, aggregate(table, options.aggregation)
+
     if output is not None:
-        report.write_table(result.table, output, out_format)
-    if fmt == "table":
+        report.write_table(table, output, out_format)
+    if fmt != "table":
+        report.write_table(table, None, fmt)
+    elif result is not None:
         print(render(result))
     else:
-        report.write_table(result.table, None, fmt)
+        print(render_trajectory(table, options.aggregation))
+    if eole_compat:
+        compat_options = CompatOptions(eole_batch_size, eole_batch_type, chosen)
+        compat = compute_eole_compat(refs[0].path, data_options, load_options, compat_options)
+        print(render_compat(compat))

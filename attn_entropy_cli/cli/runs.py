@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,8 +18,8 @@ NameOpt = typer.Option(None, "--name", help="A name per run, in order (default: 
 def export(
     runs: list[Path] = RunsArg,
     fmt: str = typer.Option("csv", "--format", "-f", help="csv, json or parquet."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write."),
-    name: Optional[list[str]] = NameOpt,
+    output: Path | None = typer.Option(None, "-o", "--output", help="File to write."),
+    name: list[str] | None = NameOpt,
 ) -> None:
     """Write every metric of every run as one long table.
 
@@ -45,21 +44,21 @@ def split_list(values: list[str] | None) -> tuple[str, ...]:
 @app.command()
 def compare(
     runs: list[Path] = RunsArg,
-    metric: Optional[list[str]] = typer.Option(
+    metric: list[str] | None = typer.Option(
         None,
         "--metric",
         "-m",
         help="Metrics to summarise [default: attention_entropy, ppl, accuracy].",
     ),
-    split: Optional[list[str]] = typer.Option(
+    split: list[str] | None = typer.Option(
         None, "--split", "-s", help="Splits to summarise [default: progress, valid]."
     ),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="Run to measure against."),
-    at_steps: Optional[str] = typer.Option(
+    baseline: str | None = typer.Option(None, "--baseline", help="Run to measure against."),
+    at_steps: str | None = typer.Option(
         None, "--at-steps", help="Comma-separated steps: add a table of values at those steps."
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json or markdown."),
-    fail_on: Optional[str] = typer.Option(
+    fail_on: str | None = typer.Option(
         None,
         "--fail-on",
         help="Comma-separated flags that make the command exit 3: "
@@ -68,7 +67,7 @@ def compare(
     collapse_below: float = typer.Option(
         0.5, "--collapse-below", help="Attention entropy (nats) that counts as collapse."
     ),
-    name: Optional[list[str]] = NameOpt,
+    name: list[str] | None = NameOpt,
 ) -> None:
     """Summarise runs side by side: first, last, min, max, tail mean and trend, and flags.
 
@@ -121,27 +120,27 @@ def plot(
     output: Path = typer.Option(
         Path("attnent.png"), "-o", "--output", help="Figure file: .png, .svg or .pdf."
     ),
-    metric: Optional[list[str]] = typer.Option(
+    metric: list[str] | None = typer.Option(
         None,
         "--metric",
         "-m",
         help="Metrics, one panel each [default: attention_entropy, ppl, accuracy].",
     ),
-    split: Optional[list[str]] = typer.Option(
+    split: list[str] | None = typer.Option(
         None, "--split", "-s", help="Splits [default: progress, valid]."
     ),
     smoothing: float = typer.Option(
         0.6, "--smoothing", help="TensorBoard's smoothing weight in [0, 1); 0 turns it off."
     ),
     x: str = typer.Option("step", "--x", help="step, relative (hours) or wall (clock)."),
-    group: Optional[str] = typer.Option(
+    group: str | None = typer.Option(
         None, "--group", help="Regex; runs sharing its first group become one mean curve."
     ),
-    heatmap_at: Optional[int] = typer.Option(
+    heatmap_at: int | None = typer.Option(
         None, "--heatmap-at", help="For a table over several checkpoints: the step to draw."
     ),
     bits: bool = typer.Option(False, "--bits", help="Entropy tables: show bits, not nats."),
-    name: Optional[list[str]] = NameOpt,
+    name: list[str] | None = NameOpt,
 ) -> None:
     """Draw runs' curves, or the layer x head heatmap of an entropy table.
 
@@ -164,7 +163,7 @@ def plot(
     typer.echo(f"wrote {output}", err=True)
 
 
-def entropy_figure(path: Path, heatmap_at: Optional[int], bits: bool):
+def entropy_figure(path: Path, heatmap_at: int | None, bits: bool):
     """The figure of an entropy table: a heatmap, or head lines over steps."""
     from attn_entropy_cli import plots, tables
 

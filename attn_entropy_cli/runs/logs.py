@@ -169,7 +169,9 @@ def read_log(path: Path) -> list[Row]:
         with open_text(path) as handle:
             rows, orphans = parse_lines(handle)
     except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise InputError(f"cannot read log {path}: {error}. Check that the file is complete")
+        raise InputError(
+            f"cannot read log {path}: {error}. Check that the file is complete"
+        ) from None
     if not rows:
         if path.stat().st_size == 0:
             raise InputError(f"log {path} is empty. Give a log written by a training run")
