@@ -157,6 +157,9 @@ def entropy_table(sums: dict, checkpoint: str, step: int | None, bits: bool, ord
     table = pd.DataFrame(rows, columns=schema.ENTROPY_COLUMNS)
     if step is not None:
         table[schema.STEP] = step
+    if bits:
+        # nats is the unit a table without this column is in; a table in bits says so
+        table[schema.UNIT] = "bits"
     return table
 
 

@@ -27,6 +27,7 @@ ENTROPY = "entropy"
 NORMALIZED_ENTROPY = "normalized_entropy"
 N_ROWS = "n_rows"
 STD = "std"
+UNIT = "unit"  # present, as "bits", only in tables written with --bits; nats otherwise
 ENTROPY_COLUMNS = [CHECKPOINT, ATTN_TYPE, LAYER, HEAD, ENTROPY, NORMALIZED_ENTROPY, N_ROWS, STD]
 
 ATTN_TYPES = ("enc_self", "self", "context", "std")

@@ -239,3 +239,16 @@ def test_version_and_module_entry_point():
         [sys.executable, "-m", "attn_entropy_cli", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.startswith("attnent ")
+
+
+def test_entropy_table_in_bits_is_not_converted_twice(tmp_path):
+    from attn_entropy_cli.cli.runs import entropy_figure
+
+    rows = [("c", "self", 0, h, 1.0 + h, "bits") for h in range(2)]
+    table = tmp_path / "bits.csv"
+    columns = ["checkpoint", "attn_type", "layer", "head", "entropy", "unit"]
+    pd.DataFrame(rows, columns=columns).to_csv(table, index=False)
+    figure = entropy_figure(table, None, bits=True)
+    colour_bar = figure.axes[-1]
+    assert colour_bar.get_ylabel() == "entropy (bits)"
+    assert figure.axes[0].images[0].get_array().max() == 2.0
