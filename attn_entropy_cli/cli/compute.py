@@ -24,7 +24,7 @@ TypesOpt = typer.Option(
     None,
     "--types",
     metavar="TYPE,...",
-    help="Attention types to report: enc_self, self, context (default all).",
+    help="Attention types: enc_self, self, context, std (EOLE's logged head); default all.",
 )
 LayersOpt = typer.Option(
     None, "--layers", metavar="N,...", help="Layers to report, 0-based (default all)."
