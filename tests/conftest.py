@@ -14,3 +14,9 @@ SAMPLE_RUNS = ROOT / "sample_runs"
 def sample_runs() -> Path:
     """The folder of real EOLE runs (runA, runB, runD) and their validation data."""
     return SAMPLE_RUNS
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Each test reads and writes its own run-table cache, never the user's."""
+    monkeypatch.setenv("ATTNENT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -49,6 +49,7 @@ def root(
 
 
 # the commands register themselves on `app`
+from attn_entropy_cli.cli import cache as _cache  # noqa: E402, F401
 from attn_entropy_cli.cli import compute as _compute  # noqa: E402, F401
 from attn_entropy_cli.cli import runs as _runs  # noqa: E402, F401
 

@@ -12,6 +12,9 @@ from attn_entropy_cli.errors import UsageError
 
 RunsArg = typer.Argument(..., help="Run folders, console logs or event files.", show_default=False)
 NameOpt = typer.Option(None, "--name", help="A name per run, in order (default: folder name).")
+NoCacheOpt = typer.Option(
+    False, "--no-cache", help="Read every file again instead of using tables cached earlier."
+)
 
 
 @app.command()
@@ -20,6 +23,7 @@ def export(
     fmt: str = typer.Option("csv", "--format", "-f", help="csv, json or parquet."),
     output: Path | None = typer.Option(None, "-o", "--output", help="File to write."),
     name: list[str] | None = NameOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Write every metric of every run as one long table.
 
@@ -30,7 +34,7 @@ def export(
     from attn_entropy_cli import report
     from attn_entropy_cli.runs import read_runs
 
-    table = read_runs(runs, name)
+    table = read_runs(runs, name, use_cache=not no_cache)
     if output is not None and fmt == "csv":
         fmt = report.format_from_suffix(output)
     report.write_table(table, output, fmt)
@@ -68,6 +72,7 @@ def compare(
         0.5, "--collapse-below", help="Attention entropy (nats) that counts as collapse."
     ),
     name: list[str] | None = NameOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Summarise runs side by side: first, last, min, max, tail mean and trend, and flags.
 
@@ -101,7 +106,7 @@ def compare(
         at_steps=steps,
         collapse_below=collapse_below,
     )
-    comparison = compare_runs(read_runs(runs, name), options)
+    comparison = compare_runs(read_runs(runs, name, use_cache=not no_cache), options)
     typer.echo(report.render_comparison(comparison, fmt), nl=False)
 
     raised = comparison.flags[comparison.flags["flag"].isin(gates)]
@@ -141,6 +146,7 @@ def plot(
     ),
     bits: bool = typer.Option(False, "--bits", help="Entropy tables: show bits, not nats."),
     name: list[str] | None = NameOpt,
+    no_cache: bool = NoCacheOpt,
 ) -> None:
     """Draw runs' curves, or the layer x head heatmap of an entropy table.
 
@@ -158,7 +164,7 @@ def plot(
     if len(runs) == 1 and tables.looks_like_result(runs[0]):
         figure = entropy_figure(runs[0], heatmap_at, bits)
     else:
-        figure = runs_figure(runs, name, metric, split, smoothing, x, group)
+        figure = runs_figure(runs, name, metric, split, smoothing, x, group, no_cache)
     report.save_figure(figure, output)
     typer.echo(f"wrote {output}", err=True)
 
@@ -184,13 +190,13 @@ def entropy_figure(path: Path, heatmap_at: int | None, bits: bool):
     return plots.heatmap_figure(table, unit)
 
 
-def runs_figure(runs, name, metric, split, smoothing, x, group):
+def runs_figure(runs, name, metric, split, smoothing, x, group, no_cache):
     """The figure of runs' curves: one panel per chosen (metric, split)."""
     from attn_entropy_cli import plots
     from attn_entropy_cli.compare import CompareOptions, merge_sources, resolve_choices
     from attn_entropy_cli.runs import read_runs
 
-    table, _ = merge_sources(read_runs(runs, name))
+    table, _ = merge_sources(read_runs(runs, name, use_cache=not no_cache))
     options = resolve_choices(
         table, CompareOptions(metrics=split_list(metric) or None, splits=split_list(split) or None)
     )

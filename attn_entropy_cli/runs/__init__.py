@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from attn_entropy_cli import schema as s
-from attn_entropy_cli.errors import AttnentWarning, AttnentError, InputError, UsageError
-from attn_entropy_cli.runs import events, logs
+from attn_entropy_cli.errors import AttnentError, AttnentWarning, InputError, UsageError
+from attn_entropy_cli.runs import cache, events, frames, logs
 
 LOG_NAME = re.compile(r"\.(log|out)(\.\d+)?(\.gz)?$")
 EVENT_STAMP = re.compile(r"tfevents\.(\d+)")
@@ -85,35 +86,140 @@ def default_names(paths: Sequence[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def read_files(run: RunFiles) -> pd.DataFrame:
-    """All rows of one run's files; a file that fails is skipped with a warning."""
-    frames: list[pd.DataFrame] = []
-    failures: list[AttnentError] = []
-    for path in run.logs:
-        try:
-            rows = logs.read_log(path)
-        except AttnentError as error:
-            failures.append(error)
-            continue
-        frame = pd.DataFrame(rows, columns=[s.SPLIT, s.STEP, s.METRIC, s.VALUE, s.WALL_TIME])
-        frames.append(frame.assign(**{s.SOURCE: s.SOURCE_LOG}))
-    for path in run.event_files:
-        try:
-            frame = events.read_event_file(path)
-        except AttnentError as error:
-            failures.append(error)
-            continue
-        frames.append(frame.assign(**{s.SOURCE: s.SOURCE_TENSORBOARD}))
+Source = tuple[Path, str]  # a file and its kind, `schema.SOURCE_LOG` or `SOURCE_TENSORBOARD`
+Read = tuple[cache.Entry | None, AttnentError | None, list[tuple[type[Warning], str]]]
 
-    frames = [f for f in frames if not f.empty]
-    if not frames:
+PARALLEL_BYTES = 32 << 20  # below this much to read, a second process costs more than it saves
+
+
+def source_files(run: RunFiles) -> list[Source]:
+    """A run's files in reading order: logs, then event files."""
+    logs_ = [(path, s.SOURCE_LOG) for path in run.logs]
+    return logs_ + [(path, s.SOURCE_TENSORBOARD) for path in run.event_files]
+
+
+def read_source(path: Path, kind: str, use_cache: bool) -> Read:
+    """One file's entry (or the error reading it gave) and the other warnings it gave.
+
+    The entry is taken from the cache, or read and stored there; attnent's warnings travel
+    inside the entry, other libraries' warnings beside it.
+    """
+    if use_cache:
+        entry = cache.load(path, kind)
+        if entry is not None:
+            return entry, None, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if kind == s.SOURCE_LOG:
+                rows = logs.read_log(path)
+                table = pd.DataFrame(rows, columns=frames.FILE_COLUMNS)
+            else:
+                table = events.read_event_file(path)
+        except AttnentError as error:
+            failed = error
+        else:
+            failed = None
+    ours = [str(w.message) for w in caught if issubclass(w.category, AttnentWarning)]
+    others = [
+        (w.category, str(w.message)) for w in caught if not issubclass(w.category, AttnentWarning)
+    ]
+    if failed is not None:
+        return None, failed, others + [(AttnentWarning, m) for m in ours]
+    entry = cache.Entry.from_table(table, ours)
+    if use_cache:
+        cache.save(path, kind, entry)
+    return entry, None, others
+
+
+def read_entries(files: Sequence[Source], use_cache: bool) -> dict[Source, Read]:
+    """Every file read (or loaded from the cache), by two processes when that pays."""
+    done: dict[Source, Read] = {}
+    if use_cache:
+        for path, kind in files:
+            entry = cache.load(path, kind)
+            if entry is not None:
+                done[(path, kind)] = (entry, None, [])
+    todo = [f for f in dict.fromkeys(files) if f not in done]
+    size = sum(path.stat().st_size for path, _ in todo if path.exists())
+    if len(todo) < 2 or size < PARALLEL_BYTES:
+        done.update({f: read_source(*f, use_cache) for f in todo})
+        return done
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forked from a server that has imported the readers once, not from this process's threads
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["attn_entropy_cli.runs"])
+    biggest_first = sorted(todo, key=lambda f: -f[0].stat().st_size)
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        futures = {f: pool.submit(read_source, *f, use_cache) for f in biggest_first}
+        done.update({f: future.result() for f, future in futures.items()})
+    return done
+
+
+def run_entries(
+    run: RunFiles, use_cache: bool = True, entries: dict[Source, Read] | None = None
+) -> list[tuple[str, cache.Entry]]:
+    """(kind, entry) of each of a run's files that has rows; a file that fails is skipped with
+    a warning."""
+    read: list[tuple[str, cache.Entry]] = []
+    failures: list[AttnentError] = []
+    for path, kind in source_files(run):
+        entry, error, others = (entries or {}).get((path, kind)) or read_source(
+            path, kind, use_cache
+        )
+        for category, message in others:
+            warnings.warn(message, category, stacklevel=3)
+        if error is not None:
+            failures.append(error)
+            continue
+        entry.replay()
+        read.append((kind, entry))
+
+    read = [(kind, entry) for kind, entry in read if len(entry.step)]
+    if not read:
         if len(failures) == 1:
             raise failures[0]
         reasons = "; ".join(str(f).split(". ")[0] for f in failures)
         raise InputError(f"run {run.path} has no readable metrics ({reasons}). Give another run")
     for failure in failures:
-        warnings.warn(f"run {run.name}: skipped: {failure}", AttnentWarning, stacklevel=2)
+        warnings.warn(f"run {run.name}: skipped: {failure}", AttnentWarning, stacklevel=3)
+    return read
+
+
+def read_files(
+    run: RunFiles, use_cache: bool = True, entries: dict[Source, Read] | None = None
+) -> pd.DataFrame:
+    """All rows of one run's files; a file that fails is skipped with a warning."""
+    read = run_entries(run, use_cache, entries)
+    frames = [entry.table().assign(**{s.SOURCE: kind}) for kind, entry in read]
     return pd.concat(frames, ignore_index=True).assign(**{s.RUN: run.name})
+
+
+def merged_codes(entries: list[cache.Entry], field: str) -> tuple[list[str], np.ndarray]:
+    """The sorted names of one coded column over entries, and every row's code into them."""
+    names = sorted({name for entry in entries for name in getattr(entry, field + "s")})
+    codes = []
+    for entry in entries:
+        remap = np.array([names.index(n) for n in getattr(entry, field + "s")] + [0], np.int32)
+        codes.append(remap[getattr(entry, field + "_codes")])
+    return names, np.concatenate(codes)
+
+
+def latest_sorted(source, split, metric, step) -> np.ndarray:
+    """Row order by (source, split, metric, step), keeping only the last row of each key.
+
+    The codes of source, split and metric follow their names' sorted order, so this is the
+    order `drop_duplicates(keep="last")` then a sort by those columns gives.
+    """
+    rows = np.arange(len(step))
+    order = np.lexsort((rows, step, metric, split, source))
+    key = (source[order], split[order], metric[order], step[order])
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = np.logical_or.reduce([np.diff(k) != 0 for k in key])
+    return order[last]
 
 
 def drop_uncomputed_entropy(table: pd.DataFrame) -> pd.DataFrame:
@@ -132,10 +238,14 @@ def drop_uncomputed_entropy(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def read_runs(paths: Sequence[Path], names: Sequence[str] | None = None) -> pd.DataFrame:
+def read_runs(
+    paths: Sequence[Path], names: Sequence[str] | None = None, use_cache: bool = True
+) -> pd.DataFrame:
     """The long table of every metric of every run, in the order the runs were given.
 
-    A step seen twice in one source (a resumed run) keeps the value read last.
+    A step seen twice in one source (a resumed run) keeps the value read last. Files already
+    read are taken from the cache (`use_cache=False` reads them all again); files to read are
+    read by two processes when there are enough of them.
     """
     if names and len(names) != len(paths):
         raise UsageError(
@@ -147,16 +257,41 @@ def read_runs(paths: Sequence[Path], names: Sequence[str] | None = None) -> pd.D
         raise UsageError(f"run names repeat: {', '.join(names)}. Give distinct --name values")
     runs = [find_run(p, n) for p, n in zip(paths, names)]
 
-    table = pd.concat([read_files(run) for run in runs], ignore_index=True)
-    key = [s.RUN, s.SOURCE, s.SPLIT, s.STEP, s.METRIC]
-    table = table.drop_duplicates(subset=key, keep="last")
-    table = drop_uncomputed_entropy(table)
+    entries = read_entries([f for run in runs for f in source_files(run)], use_cache)
+    per_run = [run_entries(run, use_cache, entries) for run in runs]
 
-    order = {name: i for i, name in enumerate(names)}
-    table = table.sort_values(
-        [s.RUN, s.SOURCE, s.SPLIT, s.METRIC, s.STEP],
-        key=lambda col: col.map(order) if col.name == s.RUN else col,
-        kind="stable",
+    # one run at a time: a resumed run's repeated steps keep the value read last, in order
+    all_entries = [entry for read in per_run for _, entry in read]
+    splits, split_codes = merged_codes(all_entries, "split")
+    metrics, metric_codes = merged_codes(all_entries, "metric")
+    kinds = sorted({kind for read in per_run for kind, _ in read})
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in s.RUN_COLUMNS}
+    start = 0
+    for number, read in enumerate(per_run):
+        count = sum(len(entry.step) for _, entry in read)
+        here = slice(start, start + count)
+        start += count
+        source = np.concatenate(
+            [np.full(len(e.step), kinds.index(kind), np.int32) for kind, e in read]
+        )
+        step = np.concatenate([entry.step for _, entry in read])
+        keep = latest_sorted(source, split_codes[here], metric_codes[here], step)
+        columns[s.RUN].append(np.full(len(keep), number, np.int32))
+        columns[s.SOURCE].append(source[keep])
+        columns[s.SPLIT].append(split_codes[here][keep])
+        columns[s.METRIC].append(metric_codes[here][keep])
+        columns[s.STEP].append(step[keep])
+        for name in (s.VALUE, s.WALL_TIME):
+            columns[name].append(np.concatenate([getattr(e, name) for _, e in read])[keep])
+
+    names_of = {s.RUN: names, s.SOURCE: kinds, s.SPLIT: splits, s.METRIC: metrics}
+    table = pd.DataFrame(
+        {
+            name: frames.string_column(names_of[name], np.concatenate(parts))
+            if name in names_of
+            else np.concatenate(parts)
+            for name, parts in columns.items()
+        }
     )
-    table = table[s.RUN_COLUMNS].reset_index(drop=True)
+    table = drop_uncomputed_entropy(table)
     return table.astype({s.STEP: "int64", s.VALUE: "float64", s.WALL_TIME: "float64"})

@@ -1,8 +1,10 @@
 """Reading TensorBoard event files into rows of the long run table.
 
-Values are read with tbparse. Before that, the file's record framing (length, CRC, payload,
-CRC) is walked once, because TensorBoard's reader stops quietly at a truncated or corrupt
-record: here that stop becomes a warning naming the file and the byte offset.
+Values are read by `fastevents`, which checks both CRCs of every record, skips a record whose
+payload is corrupt (with a warning naming the file and the byte offset) and gives exactly the
+rows tbparse gives. A file it cannot reproduce is read with tbparse: before that, the file's
+record framing is walked once, because TensorBoard's reader stops quietly at a truncated or
+corrupt record: there that stop becomes a warning naming the file and the byte offset.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import crc32c
+import numpy as np
 import pandas as pd
 
 from attn_entropy_cli.errors import AttnentWarning, InputError
+from attn_entropy_cli.runs import fastevents, frames
 
 EVENT_FILE_MARK = "tfevents"
 MASK_DELTA = 0xA282EAD8
@@ -82,6 +86,52 @@ def read_event_file(path: Path) -> pd.DataFrame:
 
     Both classic `simple_value` scalars and rank-0 tensor summaries are read.
     """
+    try:
+        scan = fastevents.read_scalars(path)
+    except fastevents.Fallback:
+        return read_with_tbparse(path)
+    report(path, scan)
+    if not len(scan.step):
+        return pd.DataFrame(columns=["split", "step", "metric", "value", "wall_time"])
+    parts = [split_tag(tag) for tag in scan.tags]
+    splits = sorted({split for split, _ in parts})
+    metrics = sorted({metric for _, metric in parts})
+    split_code = np.array([splits.index(split) for split, _ in parts], np.int32)
+    metric_code = np.array([metrics.index(metric) for _, metric in parts], np.int32)
+    return frames.file_table(
+        splits, split_code[scan.tag], metrics, metric_code[scan.tag], scan.step, scan.value,
+        scan.wall_time,
+    )
+
+
+def report(path: Path, scan: fastevents.Scan) -> None:
+    """Warn about skipped records and an early stop; an error if no record was intact."""
+    problems = [f"corrupt record at byte {offset}" for offset in scan.skipped[:1]]
+    if scan.problem is not None:
+        problems.append(scan.problem)
+    # a damaged first record (the file version, which sets TensorBoard's rules) or nothing
+    # intact: the file as a whole is unreadable
+    if problems and (scan.records == 0 or scan.skipped[:1] == [0]):
+        raise InputError(
+            f"event file {path} is unreadable ({problems[0]}). Remove it or give another run"
+        )
+    if scan.skipped:
+        shown = ", ".join(str(offset) for offset in scan.skipped[:5])
+        more = f" and {len(scan.skipped) - 5} more" if len(scan.skipped) > 5 else ""
+        warnings.warn(
+            f"event file {path}: {len(scan.skipped)} corrupt record(s) skipped (CRC mismatch) "
+            f"at byte {shown}{more}; read the records after them",
+            AttnentWarning, stacklevel=3,
+        )
+    if scan.problem is not None:
+        warnings.warn(
+            f"event file {path}: {scan.problem}; read the {scan.records} records before it",
+            AttnentWarning, stacklevel=3,
+        )
+
+
+def read_with_tbparse(path: Path) -> pd.DataFrame:
+    """Scalars of one event file read with tbparse, stopping at the first damaged record."""
     from tbparse import SummaryReader
 
     framing = check_framing(path)

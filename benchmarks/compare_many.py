@@ -1,0 +1,99 @@
+"""Benchmark: `attnent compare` of 50 runs of 100k steps, first read and cached read.
+
+Input, generated deterministically under --data (default /tmp/attnent-bench/many): 50 run
+folders, each with an EOLE-like event file of 100k steps (six `progress/*` scalars per step,
+seven `valid/*` every 1,000 steps; 33 MB, 600k scalars; seed = run number) and an EOLE 0.6.4
+console log with a `Step` line every 100 steps and a validation block every 1,000 (0.2 MB):
+1.7 GB and 30M rows in all.
+
+Measured, each as its own `attnent compare RUN...` process with the cache in a folder of its
+own (`ATTNENT_CACHE_DIR`): the first compare (cache emptied before), the second (cached), and
+the second with `--no-cache`-equivalent `ATTNENT_CACHE_DIR` emptied again is the first.
+
+Usage: python benchmarks/compare_many.py [--runs 50] [--steps 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from read_events import platform_line, write_eole_events  # noqa: E402
+from read_logs import VALIDATION, step_line  # noqa: E402
+
+
+def write_run(folder: Path, steps: int, seed: int) -> None:
+    """One run folder: a log with a Step line every 100 steps and an event file."""
+    events = folder / "tensorboard" / "events.out.tfevents.1700000000.bench.0.0"
+    if events.exists():
+        return
+    rng = random.Random(seed)
+    events.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for step in range(100, steps + 1, 100):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(1_796_315_000 + step // 4))
+        prefix = f"[{stamp},{step % 1000:03d} INFO] "
+        lines.append(prefix + step_line(step, steps, rng))
+        if step % 1000 == 0:
+            block = VALIDATION.format(
+                tp=rng.uniform(1, 900),
+                ta=rng.uniform(0, 99),
+                sp=rng.randint(1, 9999),
+                vp=rng.uniform(1, 900),
+                va=rng.uniform(0, 99),
+            )
+            lines.extend(prefix + part for part in block.splitlines())
+    (folder / "train.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_eole_events(events, steps, seed)
+
+
+def timed(command: list[str], env: dict) -> tuple[float, float, float]:
+    """(wall s, CPU s of the process and its children, peak RSS MB) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, after.ru_maxrss / 1024
+
+
+def main() -> None:
+    """Generate the runs, time a first and a cached compare, and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--data", type=Path, default=Path("/tmp/attnent-bench/many"))
+    args = parser.parse_args()
+
+    folders = [args.data / f"run{i:02d}" for i in range(args.runs)]
+    for i, folder in enumerate(folders):
+        write_run(folder, args.steps, seed=i)
+    size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+    cache = args.data.parent / "many-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = dict(os.environ, ATTNENT_CACHE_DIR=str(cache))
+    command = [sys.executable, "-m", "attn_entropy_cli", "compare", *map(str, folders)]
+
+    print(f"machine: {os.cpu_count()} CPUs, {platform_line()}")
+    print("| runs | data GB | compare | wall s | CPU s | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for label in ("first (empty cache)", "second (cached)"):
+        wall, cpu, rss = timed(command, env)
+        print(
+            f"| {args.runs} | {size / 1e9:.2f} | {label} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
