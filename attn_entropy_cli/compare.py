@@ -16,6 +16,7 @@ from attn_entropy_cli.errors import UsageError
 
 DEFAULT_METRICS = (s.ATTENTION_ENTROPY, "ppl", "accuracy")
 DEFAULT_SPLITS = ("progress", "valid")
+FLAG_METRICS = (s.ATTENTION_ENTROPY, "ppl", "xent")  # the metrics the flags judge
 FLAGS = ("not-computed", "uniform", "collapse", "diverged")
 KEY = [s.RUN, s.SPLIT, s.METRIC]
 
@@ -45,17 +46,33 @@ class Comparison:
     notes: list[str] = field(default_factory=list)  # footnotes for the reader
 
 
+def codes(column: pd.Series) -> np.ndarray:
+    """Integer codes of a label column: a categorical's own, else factorized."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy()
+    return pd.factorize(column, sort=True)[0]
+
+
 def merge_sources(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     """One value per (run, split, step, metric): TensorBoard's where both sources have one.
 
-    Returns the merged table and whether any value was logged by both.
+    Returns the merged table, sorted by run (in the given order), split, metric and step,
+    and whether any value was logged by both.
     """
-    preferred = table.assign(_rank=(table[s.SOURCE] == s.SOURCE_TENSORBOARD).astype(int))
-    preferred = preferred.sort_values("_rank", kind="stable")
-    merged = preferred.drop_duplicates([s.RUN, s.SPLIT, s.STEP, s.METRIC], keep="last")
-    both = len(merged) < len(table)
-    merged = merged.drop(columns="_rank").sort_values([*KEY, s.STEP], kind="stable")
-    return merged.reset_index(drop=True), both
+    tensorboard = (table[s.SOURCE] == s.SOURCE_TENSORBOARD).to_numpy()
+    run, split, metric = (codes(table[c]) for c in (s.RUN, s.SPLIT, s.METRIC))
+    step = table[s.STEP].to_numpy()
+    order = np.lexsort((tensorboard, step, metric, split, run))
+
+    # of the rows that share a key, keep the last: TensorBoard's, which sorts after the log's
+    keys = [k[order] for k in (run, split, metric, step)]
+    same_as_next = np.ones(len(order), dtype=bool)
+    same_as_next[-1:] = False
+    for key in keys:
+        same_as_next[:-1] &= key[:-1] == key[1:]
+    kept = order[~same_as_next]
+    merged = table.take(kept).reset_index(drop=True)
+    return merged, len(kept) < len(table)
 
 
 def resolve_choices(table: pd.DataFrame, options: CompareOptions) -> CompareOptions:
@@ -77,7 +94,7 @@ def resolve_choices(table: pd.DataFrame, options: CompareOptions) -> CompareOpti
                 f"Choose from: {', '.join(present)}"
             )
         chosen[what] = tuple(named or [d for d in default if d in present] or present)
-    runs = list(dict.fromkeys(table[s.RUN]))
+    runs = run_names(table)
     if options.baseline is not None and options.baseline not in runs:
         raise UsageError(
             f"baseline {options.baseline!r} is not one of the runs. Choose from: {', '.join(runs)}"
@@ -128,7 +145,7 @@ def versus_baseline(
     """Each run's last value minus the baseline's at the same step, or the nearest shared one."""
     notes = []
     diffs, steps = [], []
-    series = {key: g for key, g in merged[merged[s.VALUE].notna()].groupby(KEY)}
+    series = {key: g for key, g in merged[merged[s.VALUE].notna()].groupby(KEY, observed=True)}
     for row in summary.itertuples(index=False):
         own = series.get((row.run, row.split, row.metric))
         base = series.get((baseline, row.split, row.metric))
@@ -158,7 +175,9 @@ def versus_baseline(
 def values_at_steps(merged: pd.DataFrame, at_steps: tuple[int, ...]) -> pd.DataFrame:
     """The value logged at or before each step, per (run, split, metric)."""
     rows = []
-    for (run, split, metric), points in merged[merged[s.VALUE].notna()].groupby(KEY, sort=False):
+    for (run, split, metric), points in merged[merged[s.VALUE].notna()].groupby(
+        KEY, observed=True, sort=False
+    ):
         for at in at_steps:
             before = points[points[s.STEP] <= at]
             step = before[s.STEP].iloc[-1] if len(before) else pd.NA
@@ -209,7 +228,7 @@ def flag_collapse(run: str, points: pd.DataFrame, options: CompareOptions) -> li
     """Attention entropy below an absolute floor or far below its own running maximum."""
     flags = []
     entropy = points[(points[s.METRIC] == s.ATTENTION_ENTROPY) & points[s.VALUE].notna()]
-    for split, series in entropy.groupby(s.SPLIT, sort=False):
+    for split, series in entropy.groupby(s.SPLIT, observed=True, sort=False):
         values, steps = series[s.VALUE].to_numpy(), series[s.STEP].to_numpy()
         peak = np.maximum.accumulate(values)
         low = (values < options.collapse_below) | (values < options.collapse_fraction * peak)
@@ -226,7 +245,7 @@ def flag_collapse(run: str, points: pd.DataFrame, options: CompareOptions) -> li
 def flag_diverged(run: str, points: pd.DataFrame) -> list[tuple]:
     """Perplexity or cross-entropy not finite, or the last perplexity over twice its minimum."""
     flags = []
-    for (split, metric), series in points.groupby([s.SPLIT, s.METRIC], sort=False):
+    for (split, metric), series in points.groupby([s.SPLIT, s.METRIC], observed=True, sort=False):
         if metric not in ("ppl", "xent"):
             continue
         values = series[s.VALUE].to_numpy(dtype=float)
@@ -243,7 +262,7 @@ def flag_diverged(run: str, points: pd.DataFrame) -> list[tuple]:
 def run_flags(merged: pd.DataFrame, options: CompareOptions) -> pd.DataFrame:
     """Every flag raised by every run, over all of its splits."""
     rows = []
-    for run, points in merged.groupby(s.RUN, sort=False):
+    for run, points in merged.groupby(s.RUN, observed=True, sort=False):
         rows += flag_not_computed(run, points)
         rows += flag_uniform(run, points, options)
         rows += flag_collapse(run, points, options)
@@ -251,53 +270,55 @@ def run_flags(merged: pd.DataFrame, options: CompareOptions) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[s.RUN, "flag", s.SPLIT, s.METRIC, "detail"])
 
 
+def run_names(table: pd.DataFrame) -> list[str]:
+    """The runs of a table in the order they were given."""
+    return [str(run) for run in pd.unique(table[s.RUN])]
+
+
+def summarise(chosen: pd.DataFrame, runs: list[str], options: CompareOptions) -> pd.DataFrame:
+    """One row of statistics per (run, split, metric) pair that some run has."""
+    groups = dict(list(chosen.groupby(KEY, observed=True, sort=False)))
+    pairs = {(split, metric) for _, split, metric in groups}
+    empty = chosen.iloc[0:0]
+    rows = []
+    for run in runs:
+        for metric in options.metrics:
+            for split in options.splits:
+                if (split, metric) not in pairs:
+                    continue  # no run has this pair (valid ppl exists, progress ppl may not)
+                points = groups.get((run, split, metric), empty)
+                stats = describe(points, options.tail_fraction)
+                rows.append({s.RUN: run, s.SPLIT: split, s.METRIC: metric, **stats})
+    summary = pd.DataFrame(rows)
+    counts = [c for c in ("n", "last_step", "min_step", "max_step") if c in summary]
+    return summary.astype(dict.fromkeys(counts, "Int64"))
+
+
 def compare_runs(table: pd.DataFrame, options: CompareOptions | None = None) -> Comparison:
     """Summarise every run of a long run table, with flags and optional baseline."""
-    options = options or CompareOptions()
-    options = resolve_choices(table, options)
-    merged, both = merge_sources(table)
+    options = resolve_choices(table, options or CompareOptions())
+    runs = run_names(table)
+
+    # only the metrics summarised or judged by a flag, one value per key
+    needed = table[table[s.METRIC].isin([*options.metrics, *FLAG_METRICS])]
+    merged, both = merge_sources(needed)
     notes = []
     if both:
         notes.append("values in both a console log and TensorBoard are TensorBoard's (more digits)")
 
-    # one row per (run, split, metric), runs in the order given
     chosen = merged[merged[s.METRIC].isin(options.metrics) & merged[s.SPLIT].isin(options.splits)]
-    rows = []
-    for run in dict.fromkeys(table[s.RUN]):
-        for metric in options.metrics:
-            for split in options.splits:
-                points = chosen[
-                    (chosen[s.RUN] == run)
-                    & (chosen[s.SPLIT] == split)
-                    & (chosen[s.METRIC] == metric)
-                ]
-                if (
-                    points.empty
-                    and not ((merged[s.SPLIT] == split) & (merged[s.METRIC] == metric)).any()
-                ):
-                    continue  # no run has this pair (valid ppl exists, progress ppl may not)
-                rows.append(
-                    {
-                        s.RUN: run,
-                        s.SPLIT: split,
-                        s.METRIC: metric,
-                        **describe(points, options.tail_fraction),
-                    }
-                )
-    summary = pd.DataFrame(rows)
-    summary = summary.astype(
-        {c: "Int64" for c in ("n", "last_step", "min_step", "max_step") if c in summary}
-    )
-
+    summary = summarise(chosen, runs, options)
     if options.baseline is not None:
         summary, baseline_notes = versus_baseline(merged, summary, options.baseline)
         notes += baseline_notes
+
     flags = run_flags(merged, options)
     raised = flags.groupby(s.RUN)["flag"].agg(lambda f: ",".join(dict.fromkeys(f)))
     summary["flags"] = summary[s.RUN].map(raised).fillna("")
+
     at_steps = values_at_steps(chosen, options.at_steps)
     order = {
-        s.RUN: {run: i for i, run in enumerate(dict.fromkeys(table[s.RUN]))},
+        s.RUN: {run: i for i, run in enumerate(runs)},
         s.METRIC: {metric: i for i, metric in enumerate(options.metrics)},
         s.SPLIT: {split: i for i, split in enumerate(options.splits)},
     }
