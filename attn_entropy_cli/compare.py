@@ -6,6 +6,7 @@ Everything here takes and returns DataFrames; rendering happens in `report`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,11 +47,63 @@ class Comparison:
     notes: list[str] = field(default_factory=list)  # footnotes for the reader
 
 
-def codes(column: pd.Series) -> np.ndarray:
-    """Integer codes of a label column: a categorical's own, else factorized."""
+def labels(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """(codes, names) of a label column: a categorical's own, else factorized."""
     if isinstance(column.dtype, pd.CategoricalDtype):
-        return column.cat.codes.to_numpy()
-    return pd.factorize(column, sort=True)[0]
+        return column.cat.codes.to_numpy(), [str(c) for c in column.cat.categories]
+    codes, names = pd.factorize(column, sort=True)
+    return codes, [str(n) for n in names]
+
+
+def present(column: pd.Series) -> list[str]:
+    """The sorted distinct labels of a column, without a pass over Python strings."""
+    codes, names = labels(column)
+    seen = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
+    return sorted(name for name, here in zip(names, seen) if here)
+
+
+def sorted_keys(table: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The given rows ordered by (run, split, metric, step, TensorBoard last), and group codes.
+
+    Returns (order, group): `order` indexes the table; `group[i]` numbers the
+    (run, split, metric) of row `order[i]`.
+    """
+    parts = [labels(table[c])[0][rows].astype(np.int64) for c in (s.RUN, s.SPLIT, s.METRIC)]
+    step = table[s.STEP].to_numpy()[rows]
+    tensorboard = (table[s.SOURCE] == s.SOURCE_TENSORBOARD).to_numpy()[rows]
+    sizes = [int(p.max()) + 1 if len(p) else 1 for p in parts]
+    # in place: on tens of millions of rows, fresh temporaries cost more than the arithmetic
+    group = parts[0]
+    group *= sizes[1]
+    group += parts[1]
+    group *= sizes[2]
+    group += parts[2]
+    low = int(step.min()) if len(step) else 0
+    span = int(step.max()) - low + 1 if len(step) else 1
+    if math.prod(sizes) * span * 2 < 2**62:
+        # one integer key; the rows come in long sorted stretches, which a stable sort merges
+        key = group * span
+        key += step
+        key -= low
+        key *= 2
+        key += tensorboard
+        order = np.argsort(key, kind="stable")
+    else:
+        order = np.lexsort((tensorboard, step, group))
+    return rows[order], group[order]
+
+
+def merged_rows(table: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Rows with one value per (run, split, step, metric), TensorBoard's where both have one.
+
+    Returns (rows in key order, their group codes, whether any key was in both sources).
+    """
+    order, group = sorted_keys(table, rows)
+    step = table[s.STEP].to_numpy()[order]
+    # of the rows that share a key, keep the last: TensorBoard's, which sorts after the log's
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (group[:-1] != group[1:]) | (step[:-1] != step[1:])
+    return order[last], group[last], not last.all()
 
 
 def merge_sources(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
@@ -59,20 +112,27 @@ def merge_sources(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     Returns the merged table, sorted by run (in the given order), split, metric and step,
     and whether any value was logged by both.
     """
-    tensorboard = (table[s.SOURCE] == s.SOURCE_TENSORBOARD).to_numpy()
-    run, split, metric = (codes(table[c]) for c in (s.RUN, s.SPLIT, s.METRIC))
-    step = table[s.STEP].to_numpy()
-    order = np.lexsort((tensorboard, step, metric, split, run))
+    kept, _, both = merged_rows(table, np.arange(len(table)))
+    return table.take(kept).reset_index(drop=True), both
 
-    # of the rows that share a key, keep the last: TensorBoard's, which sorts after the log's
-    keys = [k[order] for k in (run, split, metric, step)]
-    same_as_next = np.ones(len(order), dtype=bool)
-    same_as_next[-1:] = False
-    for key in keys:
-        same_as_next[:-1] &= key[:-1] == key[1:]
-    kept = order[~same_as_next]
-    merged = table.take(kept).reset_index(drop=True)
-    return merged, len(kept) < len(table)
+
+# (run, split, metric) -> that series' rows, sorted by step, one per step
+Series = dict[tuple[str, str, str], pd.DataFrame]
+
+
+def split_series(table: pd.DataFrame, metrics: Sequence[str]) -> tuple[Series, bool]:
+    """The merged series of the chosen metrics, and whether both sources had some key."""
+    rows = np.flatnonzero(table[s.METRIC].isin(list(metrics)).to_numpy())
+    kept, group, both = merged_rows(table, rows)
+    picked = table.take(kept).reset_index(drop=True)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else []
+    ends = [*starts[1:], len(picked)]
+    series = {}
+    for start, end in zip(starts, ends):
+        first = picked.iloc[start]
+        key = (str(first[s.RUN]), str(first[s.SPLIT]), str(first[s.METRIC]))
+        series[key] = picked.iloc[start:end]
+    return series, both
 
 
 def resolve_choices(table: pd.DataFrame, options: CompareOptions) -> CompareOptions:
@@ -86,14 +146,14 @@ def resolve_choices(table: pd.DataFrame, options: CompareOptions) -> CompareOpti
         ("metric", options.metrics, DEFAULT_METRICS, s.METRIC),
         ("split", options.splits, DEFAULT_SPLITS, s.SPLIT),
     ):
-        present = sorted(table[column].unique())
-        missing = [c for c in named or () if c not in present]
+        present_labels = present(table[column])
+        missing = [c for c in named or () if c not in present_labels]
         if missing:
             raise UsageError(
                 f"no run has {what} {', '.join(map(repr, missing))}. "
-                f"Choose from: {', '.join(present)}"
+                f"Choose from: {', '.join(present_labels)}"
             )
-        chosen[what] = tuple(named or [d for d in default if d in present] or present)
+        chosen[what] = tuple(named or [d for d in default if d in present_labels] or present_labels)
     runs = run_names(table)
     if options.baseline is not None and options.baseline not in runs:
         raise UsageError(
@@ -140,15 +200,14 @@ def describe(points: pd.DataFrame, fraction: float) -> dict[str, float]:
 
 
 def versus_baseline(
-    merged: pd.DataFrame, summary: pd.DataFrame, baseline: str
+    series: Series, summary: pd.DataFrame, baseline: str
 ) -> tuple[pd.DataFrame, list[str]]:
     """Each run's last value minus the baseline's at the same step, or the nearest shared one."""
     notes = []
     diffs, steps = [], []
-    series = {key: g for key, g in merged[merged[s.VALUE].notna()].groupby(KEY, observed=True)}
     for row in summary.itertuples(index=False):
-        own = series.get((row.run, row.split, row.metric))
-        base = series.get((baseline, row.split, row.metric))
+        own = measured(series.get((row.run, row.split, row.metric)))
+        base = measured(series.get((baseline, row.split, row.metric)))
         if own is None or base is None:
             diffs.append(math.nan)
             steps.append(pd.NA)
@@ -172,47 +231,60 @@ def versus_baseline(
     return extra, notes
 
 
-def values_at_steps(merged: pd.DataFrame, at_steps: tuple[int, ...]) -> pd.DataFrame:
-    """The value logged at or before each step, per (run, split, metric)."""
+def values_at_steps(series: Series, keys: list[tuple], at_steps: tuple[int, ...]) -> pd.DataFrame:
+    """The value logged at or before each step, per (run, split, metric) of `keys`."""
     rows = []
-    for (run, split, metric), points in merged[merged[s.VALUE].notna()].groupby(
-        KEY, observed=True, sort=False
-    ):
+    for run, split, metric in keys:
+        points = measured(series.get((run, split, metric)))
+        if points is None:
+            continue
+        steps = points[s.STEP].to_numpy()
         for at in at_steps:
-            before = points[points[s.STEP] <= at]
-            step = before[s.STEP].iloc[-1] if len(before) else pd.NA
-            value = before[s.VALUE].iloc[-1] if len(before) else math.nan
+            i = int(np.searchsorted(steps, at, side="right")) - 1
+            step = steps[i] if i >= 0 else pd.NA
+            value = points[s.VALUE].iloc[i] if i >= 0 else math.nan
             rows.append((run, split, metric, at, step, value))
     frame = pd.DataFrame(rows, columns=[*KEY, "at_step", s.STEP, s.VALUE])
     return frame.astype({s.STEP: "Int64"})
 
 
-def flag_not_computed(run: str, points: pd.DataFrame) -> list[tuple]:
+def measured(points: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The points of a series that hold a value; None when there are none."""
+    if points is None:
+        return None
+    points = points[points[s.VALUE].notna()]
+    return points if len(points) else None
+
+
+def flag_not_computed(run: str, own: Series) -> list[tuple]:
     """Attention entropy missing, or every logged value zero (read as missing)."""
-    entropy = points[points[s.METRIC] == s.ATTENTION_ENTROPY]
-    if entropy[s.VALUE].notna().any():
+    entropy = [p for (_, _, metric), p in own.items() if metric == s.ATTENTION_ENTROPY]
+    if any(p[s.VALUE].notna().any() for p in entropy):
         return []
+    count = sum(len(p) for p in entropy)
     detail = (
-        f"{len(entropy)} attention_entropy values, all 0.000 or missing"
-        if len(entropy)
+        f"{count} attention_entropy values, all 0.000 or missing"
+        if count
         else "no attention_entropy logged"
     )
     return [(run, "not-computed", "", s.ATTENTION_ENTROPY, detail)]
 
 
-def flag_uniform(run: str, points: pd.DataFrame, options: CompareOptions) -> list[tuple]:
+def flag_uniform(run: str, own: Series, options: CompareOptions) -> list[tuple]:
     """The same validation attention entropy at several consecutive validations."""
-    valid = points[(points[s.METRIC] == s.ATTENTION_ENTROPY) & (points[s.SPLIT] == "valid")]
-    valid = valid[valid[s.VALUE].notna()]
+    valid = measured(own.get((run, "valid", s.ATTENTION_ENTROPY)))
+    if valid is None:
+        return []
     values, steps = valid[s.VALUE].to_numpy(), valid[s.STEP].to_numpy()
-    need = options.uniform_count
     best = None
     start = 0
     for end in range(1, len(values) + 1):
         # grow the window while its values stay within the tolerance of each other
         while np.ptp(values[start:end]) > options.uniform_tolerance:
             start += 1
-        if end - start >= need and (best is None or end - start > best[1] - best[0]):
+        if end - start >= options.uniform_count and (
+            best is None or end - start > best[1] - best[0]
+        ):
             best = (start, end)
     if best is None:
         return []
@@ -224,12 +296,14 @@ def flag_uniform(run: str, points: pd.DataFrame, options: CompareOptions) -> lis
     return [(run, "uniform", "valid", s.ATTENTION_ENTROPY, detail)]
 
 
-def flag_collapse(run: str, points: pd.DataFrame, options: CompareOptions) -> list[tuple]:
+def flag_collapse(run: str, own: Series, options: CompareOptions) -> list[tuple]:
     """Attention entropy below an absolute floor or far below its own running maximum."""
     flags = []
-    entropy = points[(points[s.METRIC] == s.ATTENTION_ENTROPY) & points[s.VALUE].notna()]
-    for split, series in entropy.groupby(s.SPLIT, observed=True, sort=False):
-        values, steps = series[s.VALUE].to_numpy(), series[s.STEP].to_numpy()
+    for (_, split, metric), points in own.items():
+        points = measured(points)
+        if metric != s.ATTENTION_ENTROPY or points is None:
+            continue
+        values, steps = points[s.VALUE].to_numpy(), points[s.STEP].to_numpy()
         peak = np.maximum.accumulate(values)
         low = (values < options.collapse_below) | (values < options.collapse_fraction * peak)
         if low.any():
@@ -242,16 +316,16 @@ def flag_collapse(run: str, points: pd.DataFrame, options: CompareOptions) -> li
     return flags
 
 
-def flag_diverged(run: str, points: pd.DataFrame) -> list[tuple]:
+def flag_diverged(run: str, own: Series) -> list[tuple]:
     """Perplexity or cross-entropy not finite, or the last perplexity over twice its minimum."""
     flags = []
-    for (split, metric), series in points.groupby([s.SPLIT, s.METRIC], observed=True, sort=False):
+    for (_, split, metric), points in own.items():
         if metric not in ("ppl", "xent"):
             continue
-        values = series[s.VALUE].to_numpy(dtype=float)
+        values = points[s.VALUE].to_numpy(dtype=float)
         bad = ~np.isfinite(values)
         if bad.any():
-            step = series[s.STEP].to_numpy()[np.argmax(bad)]
+            step = points[s.STEP].to_numpy()[np.argmax(bad)]
             flags.append((run, "diverged", split, metric, f"{values[bad][0]} at step {step}"))
         elif metric == "ppl" and len(values) and values[-1] > 2 * values.min():
             detail = f"last {values[-1]:.2f} is over twice the minimum {values.min():.2f}"
@@ -259,14 +333,15 @@ def flag_diverged(run: str, points: pd.DataFrame) -> list[tuple]:
     return flags
 
 
-def run_flags(merged: pd.DataFrame, options: CompareOptions) -> pd.DataFrame:
+def run_flags(series: Series, runs: list[str], options: CompareOptions) -> pd.DataFrame:
     """Every flag raised by every run, over all of its splits."""
     rows = []
-    for run, points in merged.groupby(s.RUN, observed=True, sort=False):
-        rows += flag_not_computed(run, points)
-        rows += flag_uniform(run, points, options)
-        rows += flag_collapse(run, points, options)
-        rows += flag_diverged(run, points)
+    for run in runs:
+        own = {key: points for key, points in series.items() if key[0] == run}
+        rows += flag_not_computed(run, own)
+        rows += flag_uniform(run, own, options)
+        rows += flag_collapse(run, own, options)
+        rows += flag_diverged(run, own)
     return pd.DataFrame(rows, columns=[s.RUN, "flag", s.SPLIT, s.METRIC, "detail"])
 
 
@@ -275,21 +350,19 @@ def run_names(table: pd.DataFrame) -> list[str]:
     return [str(run) for run in pd.unique(table[s.RUN])]
 
 
-def summarise(chosen: pd.DataFrame, runs: list[str], options: CompareOptions) -> pd.DataFrame:
+def summarise(series: Series, runs: list[str], options: CompareOptions) -> pd.DataFrame:
     """One row of statistics per (run, split, metric) pair that some run has."""
-    groups = dict(list(chosen.groupby(KEY, observed=True, sort=False)))
-    pairs = {(split, metric) for _, split, metric in groups}
-    empty = chosen.iloc[0:0]
+    pairs = {(split, metric) for _, split, metric in series}
     rows = []
     for run in runs:
         for metric in options.metrics:
             for split in options.splits:
                 if (split, metric) not in pairs:
                     continue  # no run has this pair (valid ppl exists, progress ppl may not)
-                points = groups.get((run, split, metric), empty)
-                stats = describe(points, options.tail_fraction)
+                points = measured(series.get((run, split, metric)))
+                stats = {"n": 0} if points is None else describe(points, options.tail_fraction)
                 rows.append({s.RUN: run, s.SPLIT: split, s.METRIC: metric, **stats})
-    summary = pd.DataFrame(rows)
+    summary = pd.DataFrame(rows, columns=[*KEY, "n"]) if not rows else pd.DataFrame(rows)
     counts = [c for c in ("n", "last_step", "min_step", "max_step") if c in summary]
     return summary.astype(dict.fromkeys(counts, "Int64"))
 
@@ -299,32 +372,21 @@ def compare_runs(table: pd.DataFrame, options: CompareOptions | None = None) -> 
     options = resolve_choices(table, options or CompareOptions())
     runs = run_names(table)
 
-    # only the metrics summarised or judged by a flag, one value per key
-    needed = table[table[s.METRIC].isin([*options.metrics, *FLAG_METRICS])]
-    merged, both = merge_sources(needed)
+    # only the metrics summarised or judged by a flag, one value per step
+    series, both = split_series(table, [*options.metrics, *FLAG_METRICS])
     notes = []
     if both:
         notes.append("values in both a console log and TensorBoard are TensorBoard's (more digits)")
 
-    chosen = merged[merged[s.METRIC].isin(options.metrics) & merged[s.SPLIT].isin(options.splits)]
-    summary = summarise(chosen, runs, options)
+    summary = summarise(series, runs, options)
     if options.baseline is not None:
-        summary, baseline_notes = versus_baseline(merged, summary, options.baseline)
+        summary, baseline_notes = versus_baseline(series, summary, options.baseline)
         notes += baseline_notes
 
-    flags = run_flags(merged, options)
+    flags = run_flags(series, runs, options)
     raised = flags.groupby(s.RUN)["flag"].agg(lambda f: ",".join(dict.fromkeys(f)))
     summary["flags"] = summary[s.RUN].map(raised).fillna("")
 
-    at_steps = values_at_steps(chosen, options.at_steps)
-    order = {
-        s.RUN: {run: i for i, run in enumerate(runs)},
-        s.METRIC: {metric: i for i, metric in enumerate(options.metrics)},
-        s.SPLIT: {split: i for i, split in enumerate(options.splits)},
-    }
-    at_steps = at_steps.sort_values(
-        [s.METRIC, s.SPLIT, s.RUN, "at_step"],
-        key=lambda col: col.map(order[col.name]) if col.name in order else col,
-        kind="stable",
-    ).reset_index(drop=True)
+    keys = list(zip(summary[s.RUN], summary[s.SPLIT], summary[s.METRIC]))
+    at_steps = values_at_steps(series, keys, options.at_steps)
     return Comparison(summary, at_steps, flags, notes)

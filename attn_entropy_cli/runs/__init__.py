@@ -17,7 +17,7 @@ import pandas as pd
 
 from attn_entropy_cli import schema as s
 from attn_entropy_cli.errors import AttnentError, AttnentWarning, InputError, UsageError
-from attn_entropy_cli.runs import cache, events, frames, logs
+from attn_entropy_cli.runs import cache, events, fastlogs, frames, logs
 
 LOG_NAME = re.compile(r"\.(log|out)(\.\d+)?(\.gz)?$")
 EVENT_STAMP = re.compile(r"tfevents\.(\d+)")
@@ -112,8 +112,7 @@ def read_source(path: Path, kind: str, use_cache: bool) -> Read:
         warnings.simplefilter("always")
         try:
             if kind == s.SOURCE_LOG:
-                rows = logs.read_log(path)
-                table = pd.DataFrame(rows, columns=frames.FILE_COLUMNS)
+                table = fastlogs.read_log_table(path)
             else:
                 table = events.read_event_file(path)
         except AttnentError as error:
@@ -208,20 +207,6 @@ def merged_codes(entries: list[cache.Entry], field: str) -> tuple[list[str], np.
     return names, np.concatenate(codes)
 
 
-def latest_sorted(source, split, metric, step) -> np.ndarray:
-    """Row order by (source, split, metric, step), keeping only the last row of each key.
-
-    The codes of source, split and metric follow their names' sorted order, so this is the
-    order `drop_duplicates(keep="last")` then a sort by those columns gives.
-    """
-    rows = np.arange(len(step))
-    order = np.lexsort((rows, step, metric, split, source))
-    key = (source[order], split[order], metric[order], step[order])
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = np.logical_or.reduce([np.diff(k) != 0 for k in key])
-    return order[last]
-
-
 def drop_uncomputed_entropy(table: pd.DataFrame) -> pd.DataFrame:
     """Attention entropy of exactly 0 becomes missing: EOLE writes 0.000 when it had no
     attention weights, which is not a measurement."""
@@ -272,33 +257,41 @@ def read_runs(
     splits, split_codes = merged_codes(all_entries, "split")
     metrics, metric_codes = merged_codes(all_entries, "metric")
     kinds = sorted({kind for read in per_run for kind, _ in read})
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in s.RUN_COLUMNS}
+    source = np.concatenate(
+        [np.full(len(e.step), kinds.index(kind), np.int8) for read in per_run for kind, e in read]
+    )
+    step = np.concatenate([entry.step for entry in all_entries])
+    counts = [sum(len(entry.step) for _, entry in read) for read in per_run]
+    run = np.repeat(np.arange(len(per_run), dtype=np.int16), counts)
+    keep = []
     start = 0
-    for number, read in enumerate(per_run):
-        count = sum(len(entry.step) for _, entry in read)
+    for read, count in zip(per_run, counts):
         here = slice(start, start + count)
+        read_kinds = [kind for kind, _ in read]
+        if read_kinds == sorted(set(read_kinds)):
+            # one file per source: each entry is already sorted and without repeated keys
+            keep.append(np.arange(start, start + count))
+        else:
+            order = frames.latest_sorted(
+                source[here], split_codes[here], metric_codes[here], step[here]
+            )
+            keep.append(start + order)
         start += count
-        source = np.concatenate(
-            [np.full(len(e.step), kinds.index(kind), np.int32) for kind, e in read]
-        )
-        step = np.concatenate([entry.step for _, entry in read])
-        keep = latest_sorted(source, split_codes[here], metric_codes[here], step)
-        columns[s.RUN].append(np.full(len(keep), number, np.int32))
-        columns[s.SOURCE].append(source[keep])
-        columns[s.SPLIT].append(split_codes[here][keep])
-        columns[s.METRIC].append(metric_codes[here][keep])
-        columns[s.STEP].append(step[keep])
-        for name in (s.VALUE, s.WALL_TIME):
-            columns[name].append(np.concatenate([getattr(e, name) for _, e in read])[keep])
+    keep = np.concatenate(keep) if keep else np.arange(0)
+    everything = len(keep) == len(step)
+
+    def kept(values: np.ndarray) -> np.ndarray:
+        return values if everything else values[keep]
 
     names_of = {s.RUN: names, s.SOURCE: kinds, s.SPLIT: splits, s.METRIC: metrics}
-    table = pd.DataFrame(
-        {
-            name: pd.Categorical.from_codes(np.concatenate(parts), names_of[name])
-            if name in names_of
-            else np.concatenate(parts)
-            for name, parts in columns.items()
-        }
-    )
+    codes_of = {s.RUN: run, s.SOURCE: source, s.SPLIT: split_codes, s.METRIC: metric_codes}
+    columns = {
+        name: pd.Categorical.from_codes(kept(codes_of[name]), names_of[name]) for name in names_of
+    }
+    columns[s.STEP] = kept(step)
+    for name in (s.VALUE, s.WALL_TIME):
+        columns[name] = kept(np.concatenate([getattr(e, name) for e in all_entries]))
+    # the arrays are fresh: hand them over rather than let pandas copy them into blocks
+    table = pd.DataFrame({name: columns[name] for name in s.RUN_COLUMNS}, copy=False)
     table = drop_uncomputed_entropy(table)
     return table.astype({s.STEP: "int64", s.VALUE: "float64", s.WALL_TIME: "float64"})

@@ -24,7 +24,7 @@ from attn_entropy_cli import schema as s
 from attn_entropy_cli.errors import AttnentWarning
 from attn_entropy_cli.runs import frames
 
-CACHE_FORMAT = 1  # bump when a reader's output changes
+CACHE_FORMAT = 2  # bump when a reader's output changes
 SUFFIX = ".npz"
 
 
@@ -55,14 +55,17 @@ class Entry:
         """The arrays of a per-file table."""
         split_codes, splits = pd.factorize(table[s.SPLIT], sort=True)
         metric_codes, metrics = pd.factorize(table[s.METRIC], sort=True)
+        step = table[s.STEP].to_numpy(np.int64)
+        # sorted by (split, metric, step), a repeated step keeping the value read last
+        keep = frames.latest_sorted(np.zeros(len(step), np.int8), split_codes, metric_codes, step)
         return cls(
             [str(x) for x in splits],
-            split_codes.astype(np.int32),
+            split_codes[keep].astype(np.int32),
             [str(x) for x in metrics],
-            metric_codes.astype(np.int32),
-            table[s.STEP].to_numpy(np.int64),
-            table[s.VALUE].to_numpy(np.float64),
-            table[s.WALL_TIME].to_numpy(np.float64),
+            metric_codes[keep].astype(np.int32),
+            step[keep],
+            table[s.VALUE].to_numpy(np.float64)[keep],
+            table[s.WALL_TIME].to_numpy(np.float64)[keep],
             list(messages),
         )
 

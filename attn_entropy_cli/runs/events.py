@@ -99,7 +99,12 @@ def read_event_file(path: Path) -> pd.DataFrame:
     split_code = np.array([splits.index(split) for split, _ in parts], np.int32)
     metric_code = np.array([metrics.index(metric) for _, metric in parts], np.int32)
     return frames.file_table(
-        splits, split_code[scan.tag], metrics, metric_code[scan.tag], scan.step, scan.value,
+        splits,
+        split_code[scan.tag],
+        metrics,
+        metric_code[scan.tag],
+        scan.step,
+        scan.value,
         scan.wall_time,
     )
 
@@ -121,12 +126,14 @@ def report(path: Path, scan: fastevents.Scan) -> None:
         warnings.warn(
             f"event file {path}: {len(scan.skipped)} corrupt record(s) skipped (CRC mismatch) "
             f"at byte {shown}{more}; read the records after them",
-            AttnentWarning, stacklevel=3,
+            AttnentWarning,
+            stacklevel=3,
         )
     if scan.problem is not None:
         warnings.warn(
             f"event file {path}: {scan.problem}; read the {scan.records} records before it",
-            AttnentWarning, stacklevel=3,
+            AttnentWarning,
+            stacklevel=3,
         )
 
 

@@ -43,3 +43,17 @@ def file_table(
             s.WALL_TIME: np.asarray(wall_time, dtype=np.float64),
         }
     )
+
+
+def latest_sorted(source, split, metric, step) -> np.ndarray:
+    """Row order by (source, split, metric, step), keeping only the last row of each key.
+
+    The codes of source, split and metric follow their names' sorted order, so this is the
+    order `drop_duplicates(keep="last")` then a sort by those columns gives.
+    """
+    rows = np.arange(len(step))
+    order = np.lexsort((rows, step, metric, split, source))
+    key = (source[order], split[order], metric[order], step[order])
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = np.logical_or.reduce([np.diff(k) != 0 for k in key])
+    return order[last]
