@@ -200,11 +200,16 @@ def read_files(
 def merged_codes(entries: list[cache.Entry], field: str) -> tuple[list[str], np.ndarray]:
     """The sorted names of one coded column over entries, and every row's code into them."""
     names = sorted({name for entry in entries for name in getattr(entry, field + "s")})
+    dtype = frames.code_dtype(len(names))
     codes = []
     for entry in entries:
-        remap = np.array([names.index(n) for n in getattr(entry, field + "s")] + [0], np.int32)
-        codes.append(remap[getattr(entry, field + "_codes")])
-    return names, np.concatenate(codes)
+        own = getattr(entry, field + "_codes")
+        if getattr(entry, field + "s") == names:
+            codes.append(own.astype(dtype, copy=False))  # the common case: the same names
+            continue
+        remap = np.array([names.index(n) for n in getattr(entry, field + "s")] + [0], dtype)
+        codes.append(remap[own])
+    return names, np.concatenate(codes) if codes else np.zeros(0, dtype)
 
 
 def drop_uncomputed_entropy(table: pd.DataFrame) -> pd.DataFrame:
@@ -262,7 +267,7 @@ def read_runs(
     )
     step = np.concatenate([entry.step for entry in all_entries])
     counts = [sum(len(entry.step) for _, entry in read) for read in per_run]
-    run = np.repeat(np.arange(len(per_run), dtype=np.int16), counts)
+    run = np.repeat(np.arange(len(per_run), dtype=frames.code_dtype(len(per_run))), counts)
     keep = []
     start = 0
     for read, count in zip(per_run, counts):
@@ -270,15 +275,22 @@ def read_runs(
         read_kinds = [kind for kind, _ in read]
         if read_kinds == sorted(set(read_kinds)):
             # one file per source: each entry is already sorted and without repeated keys
-            keep.append(np.arange(start, start + count))
+            keep.append(None)
         else:
             order = frames.latest_sorted(
                 source[here], split_codes[here], metric_codes[here], step[here]
             )
             keep.append(start + order)
         start += count
-    keep = np.concatenate(keep) if keep else np.arange(0)
-    everything = len(keep) == len(step)
+    everything = all(part is None for part in keep)
+    if not everything:
+        firsts = np.cumsum([0, *counts[:-1]])
+        keep = np.concatenate(
+            [
+                np.arange(first, first + n) if part is None else part
+                for part, first, n in zip(keep, firsts, counts)
+            ]
+        )
 
     def kept(values: np.ndarray) -> np.ndarray:
         return values if everything else values[keep]

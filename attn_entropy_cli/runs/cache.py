@@ -24,7 +24,7 @@ from attn_entropy_cli import schema as s
 from attn_entropy_cli.errors import AttnentWarning
 from attn_entropy_cli.runs import frames
 
-CACHE_FORMAT = 2  # bump when a reader's output changes
+CACHE_FORMAT = 3  # bump when a reader's output changes
 SUFFIX = ".npz"
 
 
@@ -42,9 +42,9 @@ class Entry:
     """A file's table as arrays, and the warnings reading it gave."""
 
     splits: list[str]
-    split_codes: np.ndarray  # (rows,) int32 index into `splits`
+    split_codes: np.ndarray  # (rows,) index into `splits`, the smallest integer type
     metrics: list[str]
-    metric_codes: np.ndarray  # (rows,) int32 index into `metrics`
+    metric_codes: np.ndarray  # (rows,) index into `metrics`, the smallest integer type
     step: np.ndarray  # (rows,) int64
     value: np.ndarray  # (rows,) float64
     wall_time: np.ndarray  # (rows,) float64
@@ -60,9 +60,9 @@ class Entry:
         keep = frames.latest_sorted(np.zeros(len(step), np.int8), split_codes, metric_codes, step)
         return cls(
             [str(x) for x in splits],
-            split_codes[keep].astype(np.int32),
+            split_codes[keep].astype(frames.code_dtype(len(splits))),
             [str(x) for x in metrics],
-            metric_codes[keep].astype(np.int32),
+            metric_codes[keep].astype(frames.code_dtype(len(metrics))),
             step[keep],
             table[s.VALUE].to_numpy(np.float64)[keep],
             table[s.WALL_TIME].to_numpy(np.float64)[keep],

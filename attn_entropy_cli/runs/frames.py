@@ -12,6 +12,11 @@ from attn_entropy_cli import schema as s
 FILE_COLUMNS = [s.SPLIT, s.STEP, s.METRIC, s.VALUE, s.WALL_TIME]
 
 
+def code_dtype(count: int) -> type:
+    """The smallest integer type that holds codes of `count` names (pandas' own choice)."""
+    return np.int8 if count < 128 else np.int16 if count < 32768 else np.int32
+
+
 def string_column(categories: Sequence[str], codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """The strings `categories[codes]` as pandas' default string array, built without a loop."""
     dtype = pd.StringDtype(na_value=np.nan)
