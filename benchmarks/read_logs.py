@@ -6,7 +6,8 @@ lines of `sample_runs/runA/train.log` (configuration and printed model tree), th
 and a validation block every 1,000 steps: 1M steps, about 197 MB.
 
 Readers, each in a fresh process, timed around the read:
-- attnent: `attn_entropy_cli.runs.logs.read_log` (the fast reader; rows as tuples);
+- attnent: `attn_entropy_cli.runs.fastlogs.read_log_columns`, the bulk reader behind
+  `read_runs` (rows as columns: the same rows as the generic reader, bit for bit);
 - naive: a per-line regex loop into dicts, the way a script would read such a log;
 - generic: attnent's generic reader `logs.parse_lines` (with --generic).
 
@@ -104,10 +105,10 @@ def read_naive(path: Path) -> int:
 
 
 def read_attnent(path: Path) -> int:
-    """Rows read by attnent's log reader."""
-    from attn_entropy_cli.runs import logs
+    """Rows read by attnent's bulk log reader."""
+    from attn_entropy_cli.runs import fastlogs
 
-    return len(logs.read_log(path))
+    return len(fastlogs.read_log_columns(path).step)
 
 
 def read_generic(path: Path) -> int:
@@ -123,7 +124,7 @@ def measure(reader: str, path: Path) -> dict:
     """CPU, wall time, peak RSS and row count of one reader on one file, in this process."""
     import pandas  # noqa: F401
 
-    from attn_entropy_cli.runs import logs  # noqa: F401
+    from attn_entropy_cli.runs import fastlogs, logs  # noqa: F401
 
     read = {"attnent": read_attnent, "naive": read_naive, "generic": read_generic}[reader]
     cpu, wall = cpu_seconds(), time.perf_counter()

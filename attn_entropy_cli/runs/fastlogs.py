@@ -1,0 +1,660 @@
+"""Reading console logs in bulk, with exactly the rows of the generic reader `logs.parse_lines`.
+
+The log is read in chunks (8 MB), so memory follows the result, not the file. In each chunk:
+- The `Step` lines are cut into runs of number characters (`0-9 . + - e E`) and the text
+  between them. The shape of the file's own Step lines (the text between the runs, and which
+  run is the step, which a value, which part of a name) is learned from a real line by asking
+  `logs.parse_lines` how it reads that line with each run changed; an EOLE 0.6.4 line (with
+  `mtp:`), an OpenNMT-py line (without `attn_ent:`) or a resumed run whose version added a
+  field are each one more shape.
+- Every line of a known shape is checked byte for byte with numpy (the text between runs, the
+  spaces that may vary, the digits of the time stamp) and its numbers are parsed with numpy:
+  eight bytes at a time, read exactly as Python's `float()` reads them (a mantissa of at most
+  8 digits times or over an exact power of ten is rounded once, so the result is the same).
+- Any other line (validation blocks, other messages, a line of an unknown shape, `nan`, long
+  numbers, bad dates) is read by `logs.parse_lines` itself, in file order, with the step of the
+  last Step line before it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+
+from attn_entropy_cli.errors import InputError
+from attn_entropy_cli.runs import frames, logs
+
+CHUNK_BYTES = 8 << 20
+MAX_TEMPLATES = 32  # shapes of Step lines learned per file; lines of other shapes go one by one
+BATCH_LINES = 4096  # Step lines checked and parsed together
+MAX_SPACES = 64  # a longer run of spaces inside a Step line sends the line to the generic reader
+FRONT = 8  # zero bytes before a chunk, so an eight-byte read ending at a run never starts before it
+BACK = 16  # zero bytes after it, so one starting inside it never ends after it
+NUMBER_RUN = re.compile(r"[0-9.+\-eE]+")
+SEED = "[2000-01-01 00:00:00 INFO] Step {};"  # sets the generic reader's step; gives no rows
+
+IS_NUMBER_BYTE = np.zeros(256, dtype=bool)
+IS_NUMBER_BYTE[list(b"0123456789.+-eE")] = True
+ONES = 0x0101010101010101
+SPACES = 0x2020202020202020
+LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+POWERS = np.array([10.0**n for n in range(23)])  # every one exact in a double
+
+Row = logs.Row
+
+
+# templates
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The text between two runs of number characters (or a run and the line's end)."""
+
+    text: bytes  # exact, without the spaces that may vary
+    flexible: bool  # whether any number (>= min_spaces) of spaces may follow `text`
+    min_spaces: int
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One run of number characters in a Step line and what the generic reader makes of it."""
+
+    kind: str  # "stamp" (time stamp part), "literal", "step", "value" or "ignored"
+    text: bytes  # the run of the line the template was learned from
+    row: int = -1  # for "value": the row of the line it gives
+
+
+@dataclass(frozen=True)
+class Template:
+    """The shape of a family of Step lines, learned from one of them."""
+
+    gaps: tuple[Gap, ...]  # (runs + 1,)
+    slots: tuple[Slot, ...]  # (runs,)
+    millis: int  # digits of the milliseconds of the time stamp, 0 when it has none
+    rows: tuple[tuple[str, str], ...]  # (split, metric) of each row a line gives, in order
+    value_slots: tuple[int, ...]  # the slot of each row
+    step_slot: int
+
+
+def replaced(line: str, start: int, end: int, text: str) -> list[Row]:
+    """The generic reader's rows of a line with `line[start:end]` replaced by `text`."""
+    return logs.parse_lines([line[:start] + text + line[end:]])[0]
+
+
+def probe_number(text: str, candidates: tuple[str, ...]) -> str:
+    """A number text from `candidates` whose value differs from `text`'s."""
+    return next(c for c in candidates if float(c) != float(text))
+
+
+def is_number(text: str) -> bool:
+    """Whether Python's `float()` reads a run of number characters."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def classify(line: str, base: list[Row], start: int, end: int) -> Slot | None:
+    """What one run after the time stamp is, found by changing it; None when it is unclear."""
+    text = line[start:end]
+    if not is_number(text):
+        return Slot("literal", text.encode())
+    whole = probe_number(text, ("7", "8"))
+    rows = replaced(line, start, end, whole)
+    if rows == base:
+        return Slot("ignored" if text.isdigit() else "literal", text.encode())
+    if text.isdigit() and rows == [(a, int(whole), m, v, w) for a, _, m, v, w in base]:
+        return Slot("step", text.encode())
+    changed = [i for i, (old, new) in enumerate(zip(base, rows)) if old != new]
+    if len(rows) != len(base) or len(changed) != 1:
+        return Slot("literal", text.encode())
+    row = changed[0]
+    for probe in (
+        whole,
+        probe_number(text, ("6.25", "6.5")),
+        probe_number(text, ("-2.5e-3", "-3e-2")),
+    ):
+        expected = list(base)
+        expected[row] = base[row][:3] + (float(probe),) + base[row][4:]
+        if replaced(line, start, end, probe) != expected:
+            return None
+    return Slot("value", text.encode(), row)
+
+
+def gap_rule(line: str, base: list[Row], start: int, end: int) -> Gap:
+    """The text between two runs and whether the spaces ending it may vary."""
+    text = line[start:end]
+    fixed = text.rstrip(" ")
+    same = {n: replaced(line, start, end, fixed + " " * n) == base for n in (0, 1, 3)}
+    if same[1] and same[3]:
+        return Gap(fixed.encode(), True, 0 if same[0] else 1)
+    return Gap(text.encode(), False, 0)
+
+
+def learn(line: str) -> Template | None:
+    """The template of a Step line, or None when this reader cannot read lines like it."""
+    match = logs.PREFIX.match(line)
+    if not line.isascii() or not match or not match.group(3).rstrip().startswith("Step"):
+        return None
+    base, _ = logs.parse_lines([line])
+    if not base:
+        return None
+    runs = [m.span() for m in NUMBER_RUN.finditer(line)]
+    millis = len(match.group(2) or "")
+    stamp = [(1, 11), (12, 14), (15, 17), (18, 20)] + ([(21, 21 + millis)] if millis else [])
+    if runs[: len(stamp)] != stamp:
+        return None
+    bounds = [0] + [p for span in runs for p in span] + [len(line)]
+    gaps = []
+    for k in range(len(runs) + 1):
+        start, end = bounds[2 * k], bounds[2 * k + 1]
+        exact = k < len(stamp) or k == len(runs)
+        gaps.append(
+            Gap(line[start:end].encode(), False, 0) if exact else gap_rule(line, base, start, end)
+        )
+    slots = [Slot("stamp", line[s:e].encode()) for s, e in stamp]
+    for start, end in runs[len(stamp) :]:
+        slot = classify(line, base, start, end)
+        if slot is None:
+            return None
+        slots.append(slot)
+    value_slots = {slot.row: k for k, slot in enumerate(slots) if slot.kind == "value"}
+    steps = [k for k, slot in enumerate(slots) if slot.kind == "step"]
+    if sorted(value_slots) != list(range(len(base))) or len(steps) != 1:
+        return None
+    return Template(
+        tuple(gaps),
+        tuple(slots),
+        millis,
+        tuple((split, metric) for split, _, metric, _, _ in base),
+        tuple(value_slots[i] for i in range(len(base))),
+        steps[0],
+    )
+
+
+def shape_key(line: str) -> str:
+    """A line with its numbers and space runs blanked: lines of one key share a template."""
+    return re.sub(r" +", " ", NUMBER_RUN.sub("#", line))
+
+
+# numbers
+
+
+def unaligned(buffer: np.ndarray) -> np.ndarray:
+    """The eight bytes from each position of a buffer, as little-endian integers."""
+    return np.ndarray((len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
+
+
+def words(buffer: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The eight bytes from each position (clipped to the buffer), as little-endian integers."""
+    return unaligned(buffer)[np.clip(at, 0, len(buffer) - 8)]
+
+
+def parse_numbers(buffer: np.ndarray, start: np.ndarray, end: np.ndarray):
+    """Runs of number characters read as Python's `float()` and `int()` read them.
+
+    Returns (value, readable, whole, integer): the float, whether `float()` reads it, whether
+    it is digits only, and its integer value when it is.
+    """
+    length = end - start
+    short = length <= 8
+    below = np.left_shift(np.uint64(1), (64 - 8 * np.clip(length, 1, 8)).astype(np.uint64))
+    below -= np.uint64(1)  # the bytes before the run
+    text = unaligned(buffer)[end - 8] & ~below
+    first = below + np.uint64(1)  # bit 0 of the run's first byte
+
+    # per byte, in bit 0: digit, not a digit, e or E, dot, sign, minus
+    digit = (text >> np.uint64(4)) & np.uint64(ONES)
+    other = ((~below >> np.uint64(7)) & np.uint64(ONES)) ^ digit
+    exp = (text >> np.uint64(6)) & other
+    dot = (text >> np.uint64(1)) & ~text & other
+    sign = other ^ exp ^ dot
+    minus = sign & ~(text >> np.uint64(1))
+
+    # the grammar of `float()` on these characters: [+-] digits [. digits] [e [+-] digits]
+    before_exp = exp - np.uint64(1)  # every byte before the e (all when there is none)
+    readable = (
+        short
+        & ((exp & before_exp) == 0)
+        & ((dot & (dot - np.uint64(1))) == 0)
+        & ((dot & ~before_exp) == 0)
+        & ((sign & ~(first | (exp << np.uint64(8)))) == 0)
+        & ((digit & before_exp) != 0)
+    )
+
+    # mantissa digits right-aligned, the dot taken out
+    values = text & (digit * np.uint64(15))
+    left = dot - (dot != 0)  # the bytes before the dot
+    mantissa = eight_digits(((values & left) << np.uint64(8)) | (values & ~left))
+    exponent = (np.bitwise_count(left) >> 3).astype(np.int64)
+    exponent -= 7 * (dot != 0)  # minus the digits after the dot
+
+    # runs with an exponent: the mantissa and its exponent again, from the bytes around the e
+    with_exp = np.flatnonzero(exp)
+    if len(with_exp):
+        parts = (values, digit, exp, dot, minus)
+        good, mantissa[with_exp], exponent[with_exp] = exponent_parts(*(a[with_exp] for a in parts))
+        readable[with_exp] &= good
+    exact = (np.abs(exponent) <= 22) | (mantissa == 0)
+    power = POWERS[np.minimum(np.abs(exponent), 22)]
+    value = mantissa.astype(np.float64)
+    value = np.where(exponent >= 0, value * power, value / power)
+    np.negative(value, out=value, where=(minus & first) != 0)
+    whole = short & (other == 0)
+
+    # what the bytes cannot give exactly (more than 8 characters, large exponents): Python
+    slow = np.flatnonzero(~short | (readable & ~exact))
+    integer = mantissa.astype(np.int64)
+    for i in slow:
+        run = buffer[start[i] : end[i]].tobytes()
+        readable[i] = is_number(run.decode())
+        value[i] = float(run) if readable[i] else 0.0
+        whole[i] = run.isdigit()
+        integer[i] = int(run) if whole[i] and len(run) < 19 else 0
+        whole[i] &= len(run) < 19
+    return value, readable, whole, integer
+
+
+def exponent_parts(values, digit, exp, dot, minus):
+    """(readable, mantissa, power of ten) of runs with an e: the digits before it with the dot
+    taken out, and the signed digits after it less those after the dot."""
+    before = exp - np.uint64(1)
+    after = ~(before | (exp * np.uint64(255)))
+    shift = np.uint64(64) - np.bitwise_count(before).astype(np.uint64)
+    mantissa = (values & before) << shift
+    mantissa_dot = (dot & before) << shift
+    left = mantissa_dot - (mantissa_dot != 0)
+    mantissa = eight_digits(((mantissa & left) << np.uint64(8)) | (mantissa & ~left))
+    decimals = np.where(mantissa_dot != 0, 7 - (np.bitwise_count(left) >> 3).astype(np.int64), 0)
+    exponent = eight_digits(values & after).astype(np.int64)
+    exponent = np.where((minus & (exp << np.uint64(8))) != 0, -exponent, exponent) - decimals
+    return (digit & after) != 0, mantissa, exponent
+
+
+def eight_digits(values: np.ndarray) -> np.ndarray:
+    """The number written by eight digit values, one a byte, the first in the lowest byte."""
+    values = (values * np.uint64(10) + (values >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    values = (values * np.uint64(100) + (values >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    return (values * np.uint64(10000) + (values >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+
+
+def same_text(buffer: np.ndarray, at: np.ndarray, text: bytes) -> np.ndarray:
+    """Whether the bytes from each position are `text`."""
+    ok = np.ones(len(at), dtype=bool)
+    for offset in range(0, len(text), 8):
+        part = text[offset : offset + 8]
+        mask = LOW_BYTES[len(part)]
+        ok &= (words(buffer, at + offset) & mask) == np.uint64(int.from_bytes(part, "little"))
+    return ok
+
+
+def all_spaces(buffer: np.ndarray, at: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Whether the `count` bytes from each position are spaces (count <= MAX_SPACES)."""
+    ok = (count >= 0) & (count <= MAX_SPACES)
+    count = np.where(ok, count, 0)
+    for offset in range(0, int(count.max(initial=0)), 8):
+        mask = LOW_BYTES[np.clip(count - offset, 0, 8)]
+        ok &= (words(buffer, at + offset) & mask) == (np.uint64(SPACES) & mask)
+    return ok
+
+
+# reading
+
+
+@dataclass
+class Matched:
+    """The Step lines of one template in one chunk, read."""
+
+    lines: np.ndarray  # (lines,) index into the chunk's lines
+    step: np.ndarray  # (lines,) int64
+    wall_time: np.ndarray  # (lines,) float64
+    values: np.ndarray  # (lines, rows) float64
+
+
+@dataclass
+class LogColumns:
+    """The rows of a log as columns: codes into `splits` and `metrics`, and arrays."""
+
+    splits: list[str]
+    split_codes: np.ndarray  # (rows,) int32
+    metrics: list[str]
+    metric_codes: np.ndarray  # (rows,) int32
+    step: np.ndarray  # (rows,) int64
+    value: np.ndarray  # (rows,) float64
+    wall_time: np.ndarray  # (rows,) float64
+    orphans: int  # validation blocks before any Step line
+
+    def rows(self) -> list[Row]:
+        """The rows as `logs.parse_lines` gives them."""
+        return list(
+            zip(
+                [self.splits[c] for c in self.split_codes.tolist()],
+                self.step.tolist(),
+                [self.metrics[c] for c in self.metric_codes.tolist()],
+                self.value.tolist(),
+                self.wall_time.tolist(),
+            )
+        )
+
+    def table(self) -> pd.DataFrame:
+        """The per-file table (`split, step, metric, value, wall_time`)."""
+        return frames.file_table(
+            self.splits,
+            self.split_codes,
+            self.metrics,
+            self.metric_codes,
+            self.step,
+            self.value,
+            self.wall_time,
+        )
+
+
+@dataclass
+class Reader:
+    """The state carried from chunk to chunk: templates, the last step, the rows so far."""
+
+    templates: list[Template] = field(default_factory=list)
+    unreadable: set[str] = field(default_factory=set)  # shapes no template could be learned of
+    step: int | None = None
+    orphans: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, int] = field(default_factory=dict)
+    minutes: dict[int, float] = field(default_factory=dict)  # minute key -> its epoch seconds
+    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+
+    def code(self, names: dict[str, int], name: str) -> int:
+        """The code of a split or metric name, a new one when it is new."""
+        return names.setdefault(name, len(names))
+
+    def chunk(self, data: bytes) -> None:
+        """Read the whole lines of `data` (newlines already `\\n`) into rows."""
+        buffer = np.zeros(FRONT + len(data) + BACK, dtype=np.uint8)
+        buffer[FRONT : FRONT + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        breaks = np.flatnonzero(buffer[FRONT : FRONT + len(data)] == 10) + FRONT
+        starts = np.concatenate([[FRONT], breaks + 1])
+        ends = np.concatenate([breaks, [FRONT + len(data)]])
+
+        # runs of number characters, and which of them each line holds
+        number = IS_NUMBER_BYTE[buffer]
+        edges = np.flatnonzero(number[1:] != number[:-1]) + 1
+        run_starts, run_ends = edges[0::2], edges[1::2]
+        first = np.searchsorted(run_starts, starts)
+        count = np.searchsorted(run_starts, ends) - first
+
+        which = np.full(len(starts), -1)
+        found: list[tuple[int, Matched]] = []
+        args = (buffer, starts, ends, run_starts, run_ends, first, count, which, found)
+        for number in range(len(self.templates)):
+            self.match(*args, number)
+
+        # lines of no known shape: learn the shape of a Step line among them, once per shape
+        for line in np.flatnonzero(which < 0).tolist():
+            if which[line] >= 0 or len(self.templates) >= MAX_TEMPLATES:
+                continue
+            text = buffer[starts[line] : ends[line]].tobytes().decode("utf-8", "replace")
+            if " Step" not in text or shape_key(text) in self.unreadable:
+                continue
+            template = learn(text)
+            if template is None:
+                self.unreadable.add(shape_key(text))
+                continue
+            self.templates.append(template)
+            self.match(*args, len(self.templates) - 1)
+            if which[line] < 0:  # its own line has a bad time stamp: read by the generic reader
+                self.unreadable.add(shape_key(text))
+        self.gather(buffer, starts, ends, which, found)
+
+    def match(self, buffer, starts, ends, run_starts, run_ends, first, count, which, found, number):
+        """Read the lines of one template among those not read yet."""
+        template = self.templates[number]
+        lines = np.flatnonzero((which < 0) & (count == len(template.slots)))
+        if not len(lines):
+            return
+        # a few thousand lines at a time, so that the temporary arrays stay in the CPU's cache
+        parts = [
+            read_template(
+                self, template, buffer, starts[at], ends[at], run_starts, run_ends, first[at]
+            )
+            for at in np.array_split(lines, -(-len(lines) // BATCH_LINES))
+        ]
+        ok, step, wall_time, values = (np.concatenate(p) for p in zip(*parts))
+        if not ok.any():
+            return
+        matched = Matched(lines[ok], step[ok], wall_time[ok], values[ok])
+        which[matched.lines] = number
+        found.append((number, matched))
+
+    def gather(self, buffer, starts, ends, which, found) -> None:
+        """The chunk's rows in line order: the read Step lines and the generic reader's rows."""
+        progress = self.code(self.splits, "progress")
+        per_line = np.zeros(len(starts), dtype=np.int64)
+        for number, matched in found:
+            per_line[matched.lines] = len(self.templates[number].rows)
+        steps = np.full(len(starts), -1, dtype=np.int64)
+        for _, matched in found:
+            steps[matched.lines] = matched.step
+
+        # the other lines, in runs of consecutive lines, each after the step of the line before
+        other = np.flatnonzero(which < 0)
+        groups = np.split(other, np.flatnonzero(np.diff(other) != 1) + 1) if len(other) else []
+        read_lines = np.flatnonzero(which >= 0)
+        generic: list[list[Row]] = []
+        step, last = self.step, -1  # the step, and the line that set it
+        for group in groups:
+            before = np.searchsorted(read_lines, group[0])
+            if before and read_lines[before - 1] > last:
+                step = int(steps[read_lines[before - 1]])
+            text = buffer[starts[group[0]] : ends[group[-1]]].tobytes()
+            rows, step = self.generic(text.decode("utf-8", "replace").split("\n"), step)
+            last = group[-1]
+            generic.append(rows)
+            per_line[group[0]] = len(rows)
+        if len(read_lines) and read_lines[-1] > last:
+            step = int(steps[read_lines[-1]])
+        self.step = step
+
+        # every row where its line puts it
+        total = int(per_line.sum())
+        offsets = np.cumsum(per_line) - per_line
+        split = np.full(total, progress, dtype=np.int32)
+        metric = np.empty(total, dtype=np.int32)
+        step = np.empty(total, dtype=np.int64)
+        value = np.empty(total, dtype=np.float64)
+        wall_time = np.empty(total, dtype=np.float64)
+        for number, matched in found:
+            template = self.templates[number]
+            codes = np.array([self.code(self.metrics, m) for _, m in template.rows], np.int32)
+            at = offsets[matched.lines][:, None] + np.arange(len(codes))
+            metric[at] = codes
+            step[at] = matched.step[:, None]
+            value[at] = matched.values
+            wall_time[at] = matched.wall_time[:, None]
+        for rows, group in zip(generic, groups):
+            at = slice(offsets[group[0]], offsets[group[0]] + len(rows))
+            split[at] = [self.code(self.splits, r[0]) for r in rows]
+            step[at] = [r[1] for r in rows]
+            metric[at] = [self.code(self.metrics, r[2]) for r in rows]
+            value[at] = [r[3] for r in rows]
+            wall_time[at] = [r[4] for r in rows]
+        self.parts.append((split, step, metric, value, wall_time))
+
+    def generic(self, lines: list[str], step: int | None) -> tuple[list[Row], int | None]:
+        """The generic reader's rows of consecutive lines after a Step line of `step`, and the
+        step after them."""
+        rows, orphans = logs.parse_lines(lines if step is None else [SEED.format(step), *lines])
+        self.orphans += orphans
+        for line in reversed(lines):
+            match = logs.PREFIX.match(line)
+            message = match.group(3).rstrip() if match else ""
+            step_match = logs.STEP.match(message) if message.startswith("Step") else None
+            if step_match:
+                return rows, int(step_match.group(1))
+        return rows, step
+
+    def columns(self) -> LogColumns:
+        """Every row read so far."""
+        parts = list(zip(*self.parts)) or [
+            [np.empty(0, t)] for t in (np.int32, np.int64, np.int32, float, float)
+        ]
+        split, step, metric, value, wall_time = (np.concatenate(p) for p in parts)
+        return LogColumns(
+            list(self.splits),
+            split,
+            list(self.metrics),
+            metric,
+            step,
+            value,
+            wall_time,
+            self.orphans,
+        )
+
+    def wall_times(self, stamp: np.ndarray, millis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch seconds of time stamp bytes (lines, 19 + ...), and which were read."""
+        digits = stamp.astype(np.int64) - 48
+
+        def number(*columns: int) -> np.ndarray:
+            out = np.zeros(len(stamp), dtype=np.int64)
+            for c in columns:
+                out = out * 10 + digits[:, c]
+            return out
+
+        numbered = [
+            c for c in range(19 + (1 + millis if millis else 0)) if c not in (4, 7, 10, 13, 16, 19)
+        ]
+        ok = ((digits[:, numbered] >= 0) & (digits[:, numbered] <= 9)).all(axis=1)
+        ok &= (stamp[:, 4] == ord("-")) & (stamp[:, 7] == ord("-"))
+        second = number(17, 18)
+        ok &= second <= 59
+        minute = number(0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15)
+        keys, inverse = np.unique(np.where(ok, minute, 0), return_inverse=True)
+        base = np.array([self.minute(int(k)) for k in keys.tolist()])[inverse]
+        ok &= ~np.isnan(base)
+        wall_time = base + second
+        if millis:
+            fraction = number(*range(20, 20 + millis)) / 10**millis
+            wall_time = wall_time + fraction
+        return wall_time, ok
+
+    def minute(self, key: int) -> float:
+        """Epoch seconds of a `YYYYmmddHHMM` minute in local time; NaN where its seconds are not
+        simply added (no such date, or a change of offset inside it)."""
+        if key not in self.minutes:
+            rest, minute = divmod(key, 100)
+            rest, hour = divmod(rest, 100)
+            rest, day = divmod(rest, 100)
+            year, month = divmod(rest, 100)
+            try:
+                start = datetime(year, month, day, hour, minute).timestamp()
+                end = datetime(year, month, day, hour, minute, 59).timestamp()
+            except (ValueError, OverflowError, OSError):
+                start = end = float("nan")
+            self.minutes[key] = start if end - start == 59 else float("nan")
+        return self.minutes[key]
+
+
+def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, first):
+    """Which of these lines are exactly of the template, and their steps, times and values."""
+    runs = first + np.arange(len(template.slots))[:, None]
+    run_start, run_end = run_starts[runs], run_ends[runs]  # (runs, lines)
+    ok = np.ones(len(starts), dtype=bool)
+
+    # the text between runs, and runs that are text
+    for k, gap in enumerate(template.gaps):
+        before = starts if k == 0 else run_end[k - 1]
+        after = ends if k == len(template.slots) else run_start[k]
+        size = len(gap.text)
+        if gap.flexible:
+            spaces = after - before - size
+            ok &= (spaces >= gap.min_spaces) & all_spaces(buffer, before + size, spaces)
+        else:
+            ok &= after - before == size
+        ok &= same_text(buffer, before, gap.text)
+    for k, slot in enumerate(template.slots):
+        if slot.kind in ("literal", "stamp"):
+            ok &= run_end[k] - run_start[k] == len(slot.text)
+        if slot.kind == "literal":
+            ok &= same_text(buffer, run_start[k], slot.text)
+
+    # numbers
+    columns = [
+        k for k, slot in enumerate(template.slots) if slot.kind in ("step", "value", "ignored")
+    ]
+    value, readable, whole, integer = parse_numbers(
+        buffer, run_start[columns].ravel(), run_end[columns].ravel()
+    )
+    shape = (len(columns), len(starts))
+    value, readable, whole, integer = (a.reshape(shape) for a in (value, readable, whole, integer))
+    ok &= readable.all(axis=0)
+    for i, k in enumerate(columns):
+        if template.slots[k].kind in ("step", "ignored"):
+            ok &= whole[i]
+    step = integer[columns.index(template.step_slot)]
+    values = value[[columns.index(k) for k in template.value_slots]].T
+
+    # the time stamp
+    width = 20 + (1 + template.millis if template.millis else 0) - 1
+    stamp = buffer[starts[:, None] + 1 + np.arange(width)]
+    wall_time, good = reader.wall_times(stamp, template.millis)
+    ok &= good
+    return ok, step, wall_time, values
+
+
+def read_columns(handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> LogColumns:
+    """The rows of a binary log stream, read `chunk_bytes` at a time.
+
+    Limitations: about 30-60 MB/s of CPU on a 2-core machine (parsing the numbers and checking
+    the text around them with numpy costs about 100-170 ns a number), so a 200 MB log takes
+    several seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan` values, numbers
+    of more than 8 characters in many lines) go through the generic reader one by one.
+    """
+    reader = Reader()
+    carry = b""
+    while True:
+        block = handle.read(chunk_bytes)
+        data = carry + block
+        if b"\r" in data:
+            data = data.replace(b"\r", b"\n")  # the empty lines this makes are skipped
+        if not block:
+            if data:
+                reader.chunk(data)
+            return reader.columns()
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            reader.chunk(data[: cut - 1])
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """A binary handle on a plain or gzipped log."""
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_log_columns(path: Path, chunk_bytes: int = CHUNK_BYTES) -> LogColumns:
+    """The rows of one console log as columns; the errors of `logs.read_log`."""
+    try:
+        with open_binary(path) as handle:
+            columns = read_columns(handle, chunk_bytes)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise InputError(
+            f"cannot read log {path}: {error}. Check that the file is complete"
+        ) from None
+    if not len(columns.step):
+        if path.stat().st_size == 0:
+            raise InputError(f"log {path} is empty. Give a log written by a training run")
+        raise InputError(f"log {path} has no 'Step' lines. Give an EOLE or OpenNMT-py training log")
+    return columns
+
+
+def read_log_table(path: Path, chunk_bytes: int = CHUNK_BYTES) -> pd.DataFrame:
+    """The per-file table of one console log (`split, step, metric, value, wall_time`)."""
+    return read_log_columns(path, chunk_bytes).table()

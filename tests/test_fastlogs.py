@@ -1,0 +1,254 @@
+"""The bulk log reader gives exactly the rows of the generic `logs.parse_lines`, on every format."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import struct
+
+import pytest
+
+from attn_entropy_cli.errors import InputError
+from attn_entropy_cli.runs import fastlogs, logs
+
+EOLE_064 = (
+    "[2026-12-03 16:26:07,446 INFO] Step 100/  400; acc: 35.5; ppl: 72.50; xent: 4.28; "
+    "aux: 0.000; mtp: 0.000; attn_ent: 3.318; lr: 2.50e-02; sents:     320; bsz:  927/ 886/32; "
+    "9460/9045 tok/s;    158 sec;"
+)
+EOLE_OLDER = EOLE_064.replace("mtp: 0.000; ", "")
+EOLE_BEFORE_ENTROPY = EOLE_OLDER.replace("attn_ent: 3.318; ", "")
+ONMT_3 = (
+    "[2023-05-04 10:11:12,345 INFO] Step 100/ 1000; acc: 10.5; ppl: 1234.5; xent: 7.1; "
+    "lr: 0.00275; sents:    1234; bsz: 1234/1230/12; 12345/12300 tok/s;    123 sec;"
+)
+ONMT_2 = (
+    "[2021-02-03 04:05:06,789 INFO] Step 50/100000; acc:   3.95; ppl: 3063.2; xent: 8.0; "
+    "lr: 0.00001; 12345/23456 tok/s;     12 sec"
+)
+APPENDED = EOLE_064.replace("lr:", "new_field: 7.5; lr:") + " BLEU: 23.45 TER: 61.2"
+FORMATS = [EOLE_064, EOLE_OLDER, EOLE_BEFORE_ENTROPY, ONMT_3, ONMT_2, APPENDED]
+VALIDATION = [
+    "Train perplexity: 298.919",
+    "Train accuracy: 35.5625",
+    "Sentences processed: 2468",
+    "Average bsz:  743/ 743/32",
+    "Validation perplexity: 83.98",
+    "Validation accuracy: 36.4108",
+]
+
+
+def exact(rows):
+    """Rows with their floats as bytes, so that NaN equals NaN and -0.0 differs from 0.0."""
+    return [(a, b, c, struct.pack("<d", v), struct.pack("<d", w)) for a, b, c, v, w in rows]
+
+
+def assert_same(data: bytes, chunk_bytes: int = fastlogs.CHUNK_BYTES):
+    """The bulk reader's rows and orphans on `data` are the generic reader's."""
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
+    expected, orphans = logs.parse_lines(text)
+    got = fastlogs.read_columns(io.BytesIO(data), chunk_bytes)
+    assert exact(got.rows()) == exact(expected)
+    assert got.orphans == orphans
+    return got
+
+
+def prefix(line: str, stamp: str) -> str:
+    """A Step line with another time stamp."""
+    return stamp + line[line.index("]") + 1 :]
+
+
+def log_of(template: str, steps: int, seed: int = 0, every: int = 7) -> list[str]:
+    """A log of Step lines shaped like `template`, with its numbers varied, and validation
+    blocks after every `every` steps."""
+    rng = random.Random(seed)
+    lines = ["[2026-12-03 16:23:23,936 INFO] Logging initialized (log_file: train.log)"]
+    head = template[: template.index("Step")]
+    for step in range(1, steps + 1):
+        line = template.replace("Step 100/", f"Step {step}/").replace("Step 50/", f"Step {step}/")
+        line = line.replace("ppl: 72.50", f"ppl: {rng.uniform(1, 999):.2f}")
+        line = line.replace("acc: 35.5", f"acc: {rng.uniform(0, 100):.1f}")
+        line = line.replace("lr: 2.50e-02", f"lr: {rng.uniform(0, 0.1):.2e}")
+        line = line.replace("sents:     320", f"sents: {rng.randint(1, 99999):>7}")
+        line = line.replace("   158 sec", f"{rng.randint(0, 10**7):>6} sec")
+        second = f"{(7 + step) % 60:02d}"
+        lines.append(line.replace(head, head[:18] + second + head[20:]))
+        if step % every == 0:
+            lines.extend(head + v for v in VALIDATION)
+    return lines
+
+
+def data_of(lines: list[str], end: str = "\n") -> bytes:
+    return (end.join(lines) + end).encode()
+
+
+@pytest.mark.parametrize("run", ["runA", "runB", "runD", "runLM", "nanogpt"])
+@pytest.mark.parametrize("chunk_bytes", [64, 1000, fastlogs.CHUNK_BYTES])
+def test_sample_logs(sample_runs, run, chunk_bytes):
+    assert_same((sample_runs / run / "train.log").read_bytes(), chunk_bytes)
+
+
+@pytest.mark.parametrize("template", FORMATS)
+@pytest.mark.parametrize("chunk_bytes", [64, 777, fastlogs.CHUNK_BYTES])
+def test_each_format(template, chunk_bytes):
+    got = assert_same(data_of(log_of(template, 60)), chunk_bytes)
+    assert len(got.step) > 60
+
+
+@pytest.mark.parametrize("template", FORMATS)
+def test_step_lines_take_the_bulk_path(template):
+    reader = fastlogs.Reader()
+    reader.chunk(data_of(log_of(template, 20))[:-1])
+    assert len(reader.templates) == 1
+
+
+def test_resumed_run_with_a_version_that_adds_a_field():
+    older, newer = log_of(EOLE_OLDER, 40, seed=1), log_of(EOLE_064, 40, seed=2)
+    mixed = [line for pair in zip(older, newer) for line in pair]
+    reader = fastlogs.Reader()
+    reader.chunk(data_of(mixed)[:-1])
+    assert len(reader.templates) == 2
+    for chunk_bytes in (64, 4096, fastlogs.CHUNK_BYTES):
+        assert_same(data_of(older + newer + older), chunk_bytes)
+        assert_same(data_of(mixed), chunk_bytes)
+
+
+def test_validation_before_any_step_is_an_orphan():
+    lines = log_of(EOLE_064, 10)
+    head = lines[1][: lines[1].index("Step")]
+    got = assert_same(data_of([head + v for v in VALIDATION] + lines), 64)
+    assert got.orphans == 4
+
+
+def test_gzip_file_gives_the_rows_of_the_plain_one(tmp_path):
+    data = data_of(log_of(EOLE_064, 50))
+    plain, zipped = tmp_path / "train.log", tmp_path / "train.log.gz"
+    plain.write_bytes(data)
+    zipped.write_bytes(gzip.compress(data))
+    expected = exact(logs.read_log(plain))
+    assert exact(fastlogs.read_log_columns(zipped, 100).rows()) == expected
+    assert exact(fastlogs.read_log_columns(plain).rows()) == expected
+
+
+def test_non_ascii_and_invalid_utf8_in_other_lines():
+    lines = log_of(EOLE_064, 30)
+    lines.insert(3, "[2026-12-03 16:23:24,412 INFO] vocab: ['<unk>', 'é', '日本', '\u2028']")
+    data = data_of(lines).replace(b"Logging", b"Lo\xff\xfegging\xe2\x82")
+    data += b"[2026-12-03 16:23:24,412 INFO] Validation accuracy: 1.5\xe2\x82\n"
+    for chunk_bytes in (64, 100, fastlogs.CHUNK_BYTES):
+        assert_same(data, chunk_bytes)
+
+
+def test_nan_inf_and_unusual_numbers():
+    lines = log_of(EOLE_064, 20)
+    for i, text in enumerate(["nan", "inf", "-inf", "1e400", "-0.0", "+5", ".5", "5.", "1.2.3"]):
+        lines[2 + 2 * i] = lines[2 + 2 * i].replace("ppl: ", f"ppl: {text} x", 1)
+        lines[3 + 2 * i] = lines[3 + 2 * i].replace("xent: ", f"xent: {text}; q", 1)
+    lines.append(EOLE_064.replace("ppl: 72.50", "ppl: 123456789.125"))
+    lines.append(EOLE_064.replace("lr: 2.50e-02", "lr: 2.5E-300"))
+    lines.append(EOLE_064.replace("Step 100/", "Step 123456789012/"))
+    lines.append(EOLE_064.replace("acc: 35.5", "acc: -1.25e+2"))
+    for chunk_bytes in (64, fastlogs.CHUNK_BYTES):
+        assert_same(data_of(lines), chunk_bytes)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+def test_crlf_and_cr_line_ends(end):
+    lines = log_of(EOLE_064, 30)
+    for chunk_bytes in (64, 65, fastlogs.CHUNK_BYTES):
+        assert_same(data_of(lines, end), chunk_bytes)
+
+
+def test_spacing_variants_and_odd_lines():
+    lines = log_of(ONMT_3, 20)
+    lines[2] = lines[2].replace("Step ", "Step    ")
+    lines[3] = lines[3].replace("Step ", "Step")  # not a Step line for the generic reader
+    lines[4] = lines[4].replace("acc: ", "acc:")
+    lines[5] = lines[5].replace("bsz: ", "bsz:" + " " * 80)
+    lines[6] = lines[6] + "   "
+    lines[7] = lines[7].replace("INFO]", "WARNING]")
+    lines[8] = lines[8].replace(",345", "")  # no milliseconds
+    lines[9] = lines[9].replace("tok/s", "tok/ s")
+    lines.append(lines[10][: len(lines[10]) // 2])  # cut short, and no newline after it
+    for chunk_bytes in (64, fastlogs.CHUNK_BYTES):
+        assert_same(data_of(lines)[:-1], chunk_bytes)
+
+
+def test_wall_times_across_a_daylight_saving_change(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        lines = []
+        for hour, minute in [(1, 59), (2, 0), (2, 30), (3, 0), (3, 1)]:
+            for day in ("2026-03-29", "2026-10-25"):
+                stamp = f"[{day} {hour:02d}:{minute:02d}:30,250 INFO]"
+                lines.append(prefix(EOLE_064, stamp))
+        assert_same(data_of(lines))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_date_that_does_not_exist_raises_as_the_generic_reader_does():
+    lines = log_of(EOLE_064, 5)
+    lines[3] = lines[3].replace("2026-12-03", "2026-02-30")
+    with pytest.raises(ValueError, match="day is out of range"):
+        logs.parse_lines(lines)
+    with pytest.raises(ValueError, match="day is out of range"):
+        fastlogs.read_columns(io.BytesIO(data_of(lines)))
+
+
+def test_parse_numbers_reads_as_float_does():
+    rng = random.Random(5)
+    runs = [b"682.40", b"2.50e-02", b"1e0", b"-0.0", b"0e99", b"9e30", b"12345678", b"-.5e1"]
+    for _ in range(20000):
+        runs.append(
+            "".join(rng.choice("0123456789.+-eE") for _ in range(rng.randint(1, 9))).encode()
+        )
+        runs.append(f"{rng.uniform(-1e4, 1e4):.{rng.randint(0, 6)}f}".encode())
+    data, starts, ends = bytearray(fastlogs.FRONT), [], []
+    for run in runs:
+        data += b";"
+        starts.append(len(data))
+        data += run
+        ends.append(len(data))
+    import numpy as np
+
+    buffer = np.frombuffer(bytes(data + bytes(fastlogs.BACK)), dtype=np.uint8)
+    value, readable, whole, integer = fastlogs.parse_numbers(
+        buffer, np.array(starts), np.array(ends)
+    )
+    for run, v, ok, w, i in zip(runs, value, readable, whole, integer):
+        assert ok == fastlogs.is_number(run.decode()), run
+        if ok:
+            assert struct.pack("<d", v) == struct.pack("<d", float(run)), run
+        assert w == run.isdigit(), run
+        if w:
+            assert i == int(run), run
+
+
+def test_read_log_table_errors_are_read_logs(tmp_path):
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    with pytest.raises(InputError, match="is empty"):
+        fastlogs.read_log_table(empty)
+    chatter = tmp_path / "chatter.log"
+    chatter.write_text("[2026-12-03 16:23:23,936 INFO] Logging initialized\n")
+    with pytest.raises(InputError, match="has no 'Step' lines"):
+        fastlogs.read_log_table(chatter)
+    broken = tmp_path / "broken.log.gz"
+    broken.write_bytes(gzip.compress(data_of(log_of(EOLE_064, 50)))[:200])
+    with pytest.raises(InputError, match="cannot read log .*Check that the file is complete"):
+        fastlogs.read_log_table(broken)
+    with pytest.raises(InputError, match="cannot read log .*Check that the file is complete"):
+        logs.read_log(broken)
+
+
+def test_read_log_table_matches_the_rows(sample_runs):
+    path = sample_runs / "runA" / "train.log"
+    table = fastlogs.read_log_table(path)
+    assert list(table.columns) == ["split", "step", "metric", "value", "wall_time"]
+    assert exact(table.itertuples(index=False, name=None)) == exact(logs.read_log(path))
