@@ -192,3 +192,24 @@ def trajectory_figure(table: pd.DataFrame, unit: str = "nats") -> Figure:
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return figure
+
+
+def entropy_figure(
+    table: pd.DataFrame, heatmap_at: int | None = None, bits: bool = False, name: str = "table"
+) -> Figure:
+    """The figure of an entropy table: the heatmap of one checkpoint, or, over several
+    checkpoint steps, one line per head (or the heatmap of step `heatmap_at`)."""
+    unit = str(table[s.UNIT].iloc[0]) if s.UNIT in table.columns else "nats"
+    if bits and unit == "nats":
+        table = table.assign(**{s.ENTROPY: table[s.ENTROPY] / math.log(2)})
+        unit = "bits"
+    steps = sorted(table[s.STEP].dropna().unique()) if s.STEP in table.columns else []
+    if heatmap_at is not None:
+        if heatmap_at not in steps:
+            known = ", ".join(str(int(v)) for v in steps) or "none"
+            raise UsageError(f"--heatmap-at {heatmap_at} is not in {name}. Steps: {known}")
+        chosen = table[table[s.STEP] == heatmap_at]
+        return heatmap_figure(chosen, unit, f"step {heatmap_at}")
+    if len(steps) > 1:
+        return trajectory_figure(table, unit)
+    return heatmap_figure(table, unit)

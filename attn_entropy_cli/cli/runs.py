@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -170,24 +169,10 @@ def plot(
 
 
 def entropy_figure(path: Path, heatmap_at: int | None, bits: bool):
-    """The figure of an entropy table: a heatmap, or head lines over steps."""
+    """The figure of an entropy table file: a heatmap, or head lines over steps."""
     from attn_entropy_cli import plots, tables
 
-    table = tables.read_entropy_table(path)
-    unit = table["unit"].iloc[0] if "unit" in table.columns else "nats"
-    if bits and unit == "nats":
-        table = table.assign(entropy=table["entropy"] / math.log(2))
-        unit = "bits"
-    steps = sorted(table["step"].dropna().unique()) if "step" in table.columns else []
-    if heatmap_at is not None:
-        if heatmap_at not in steps:
-            known = ", ".join(str(int(v)) for v in steps) or "none"
-            raise UsageError(f"--heatmap-at {heatmap_at} is not in {path}. Steps: {known}")
-        chosen = table[table["step"] == heatmap_at]
-        return plots.heatmap_figure(chosen, unit, f"step {heatmap_at}")
-    if len(steps) > 1:
-        return plots.trajectory_figure(table, unit)
-    return plots.heatmap_figure(table, unit)
+    return plots.entropy_figure(tables.read_entropy_table(path), heatmap_at, bits, str(path))
 
 
 def runs_figure(runs, name, metric, split, smoothing, x, group, no_cache):
