@@ -25,6 +25,8 @@ class DataOptions:
 
 def read_lines(path: Path, field: str | None) -> list[str]:
     """The lines of a text file, or one field of each line of a `.jsonl` file."""
+    if Path(path).is_dir():
+        raise UsageError(f"data file {path} is a folder. Give a text, .jsonl or TSV file")
     if not Path(path).is_file():
         raise UsageError(f"data file {path} does not exist. Check the path")
     try:
@@ -58,7 +60,11 @@ def json_field(line: str, number: int, path: Path, field: str) -> str:
 
 
 def read_examples(options: DataOptions) -> list[Example]:
-    """The examples of the slice; blank source lines are skipped with one warning."""
+    """The examples of the slice; blank source lines are skipped with one warning.
+
+    Limitations: the whole file (and target file) is read and parsed before the slice is
+    taken, so a --start deep into a large .jsonl or TSV file costs a full parse of it.
+    """
     if options.tsv and options.tgt is not None:
         raise UsageError("--tsv and --tgt both give a target side. Use one of them")
     sources = read_lines(options.path, options.field)
@@ -66,7 +72,9 @@ def read_examples(options: DataOptions) -> list[Example]:
     if options.tsv:
         sources, targets = split_tsv(sources, options.path)
     elif options.tgt is not None:
-        targets = read_lines(options.tgt, options.field)
+        # --field names the text of the .jsonl files; a plain-text target has no fields
+        is_jsonl = Path(options.tgt).suffix.lower() == ".jsonl"
+        targets = read_lines(options.tgt, options.field if is_jsonl else None)
         if len(targets) != len(sources):
             raise InputError(
                 f"{options.tgt} has {len(targets)} lines and {options.path} has "
@@ -80,7 +88,7 @@ def read_examples(options: DataOptions) -> list[Example]:
     blank = len(numbers) - len(examples)
     if not examples:
         raise InputError(
-            f"the slice of {options.path} from line {options.start} is empty (the file has "
+            f"the slice of {options.path} from line {options.start + 1} is empty (the file has "
             f"{len(sources)} lines, {blank} blank in the slice). Choose another --start"
         )
     if blank:

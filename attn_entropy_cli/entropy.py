@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-# scores at or below this are masked keys: Hugging Face and EOLE fill masks with finfo.min
-MASKED_SCORE = -1e30
+# additive-mask values at or below this are masked keys: Hugging Face and EOLE fill masks with
+# finfo.min (-3.4e38 in float32, -65504 in float16), others with -1e9 or -1e4; exp(-1e4) is 0
+MASKED_SCORE = -1e4
 # score-matrix elements per query chunk in the explicit path (64 MiB in float32)
 CHUNK_ELEMENTS = 1 << 24
 
@@ -69,14 +70,19 @@ def sdpa_entropy(
     Returns:
         (entropy, n_keys), each (batch, heads, q); rows with n_keys 0 hold no meaning.
 
-    Limitations: off the CPU, and with additive masks that are not just 0/-inf (ALiBi,
+    Limitations: off the CPU, and with additive masks that are not just 0/masked (ALiBi,
     relative position bias), the scores are materialised a chunk of queries at a time, which
-    costs about twice an attention call instead of one.
+    costs about twice an attention call instead of one. An additive mask value at or below
+    -1e4 counts as a masked key (left out of n_keys), so a bias that pushes a key below -1e4
+    without meaning to mask it is counted as a mask; its probability, below e^-1e4, is 0 anyway.
     """
     q, k = q.float(), k.float()
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if attn_mask is not None and attn_mask.dim() < 4:
+        # SDPA broadcasts a (k,), (q, k) or (heads, q, k) mask from the right
+        attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     bias, keep = split_mask(attn_mask)
 
     # key counts per row: from the mask, or from the causal triangle (top-left aligned)
@@ -99,12 +105,12 @@ def sdpa_entropy(
 def split_mask(
     attn_mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Split an SDPA mask into (additive bias, bool keep); a pure 0/-inf mask has no bias."""
+    """Split an SDPA mask into (additive bias, bool keep); only 0s and masked keys: no bias."""
     if attn_mask is None:
         return None, None
     if attn_mask.dtype == torch.bool:
         return None, attn_mask
-    keep = attn_mask > MASKED_SCORE
+    keep = attn_mask > MASKED_SCORE  # NaN is masked too
     if bool(((attn_mask == 0) | ~keep).all()):
         return None, keep
     return attn_mask.float(), keep
@@ -120,7 +126,12 @@ def fused_entropy(
     """Row entropy as `logsumexp(s) - E_p[s]`, through the fused CPU attention kernel.
 
     `E_p[s] = scale * q . E_p[k]`, and `E_p[k]` is an attention output whose values are the
-    keys, so no (q, k) matrix is materialised. q and k are float32, k has q's heads.
+    keys, so no (q, k) matrix is materialised. q and k are float32, k has q's heads; keep is
+    None or a 4-d bool mask.
+
+    Limitations: the two terms nearly cancel on very peaked rows, so H there carries a float32
+    rounding of about 1e-6 times the largest score; it is clamped at 0 from below. The kernel
+    takes no bool mask, so a float mask of keep's (broadcast) shape is built.
     """
     # shifting every key by one vector shifts a row's scores by a constant: the entropy is
     # unchanged, and logsumexp and E_p[s] come out smaller, so less precision is lost
@@ -131,7 +142,7 @@ def fused_entropy(
         mask.masked_fill_(~keep, float("-inf"))
     kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     expected_k, lse = kernel(q, k, k, 0.0, is_causal, attn_mask=mask, scale=scale)
-    return lse - scale * (q * expected_k).sum(-1)  # (batch, heads, q)
+    return (lse - scale * (q * expected_k).sum(-1)).clamp(min=0.0)  # (batch, heads, q)
 
 
 def chunked_entropy(
@@ -194,6 +205,17 @@ class EntropySums:
         self.total_sq += (entropy * entropy).sum((0, 2)).cpu()
         self.normalized_total += torch.where(multi, entropy / log_keys, 0.0).sum((0, 2)).cpu()
         self.n_normalized += multi.sum((0, 2)).cpu()
+
+    def head(self, index: int) -> EntropySums:
+        """The sums of one head, as a one-head EntropySums."""
+        part = slice(index, index + 1)
+        return EntropySums(
+            self.n_rows[part],
+            self.total[part],
+            self.total_sq[part],
+            self.normalized_total[part],
+            self.n_normalized[part],
+        )
 
     def mean(self) -> torch.Tensor:
         """(heads,) token-weighted mean entropy; NaN for a head without rows."""

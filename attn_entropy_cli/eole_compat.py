@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from attn_entropy_cli import schema
 from attn_entropy_cli.errors import InputError, UsageError
 from attn_entropy_cli.loaders.base import Example
 from attn_entropy_cli.training_config import EntropyConfig
@@ -45,6 +43,7 @@ class CompatOptions:
     batch_size: int | None = None  # validation batch size; None: training.valid_batch_size
     batch_type: str | None = None  # "sents" or "tokens"; None: training.batch_type
     entropy: EntropyConfig = field(default_factory=EntropyConfig)  # types/layers/aggregation
+    max_length: int | None = None  # tokens per side, as compute's --max-length; None: all
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,18 @@ class CompatResult:
     batch_type: str  # "sents" or "tokens"
     notes: tuple[str, ...] = ()  # when EOLE would log 0.000, or measure something else
 
+    unit: str = "nats"  # of every entropy field; "bits" after `in_bits`
+
     @property
     def difference(self) -> float:
         """eole - attnent; equals clamp + padded_rows + sentence_weighting."""
         return self.eole - self.attnent
+
+    def in_bits(self) -> CompatResult:
+        """The same result with every entropy divided by ln 2."""
+        names = ("eole", "attnent", "clamp", "padded_rows", "sentence_weighting")
+        values = {name: getattr(self, name) / math.log(2) for name in names}
+        return replace(self, **values, unit="bits")
 
 
 def eole_compatible_entropy(
@@ -80,27 +87,20 @@ def eole_compatible_entropy(
     Limitations: mirrors validation with at most one data worker (`num_workers` 0 or 1); with
     more, EOLE deals the validation lines out to the workers and its batches differ.
     """
+    options = options or CompatOptions()
+    std, batch_size, batch_type = check_compat(adapter, options)
+    if not examples:
+        raise InputError("the data slice is empty. Give at least one example")
+
     from eole.utils.attention_entropy import compute_batch_attention_entropy
 
     from attn_entropy_cli.loaders.eole import weights_returned
 
-    options = options or CompatOptions()
-    if getattr(adapter, "format_name", None) != "eole":
-        raise UsageError(
-            f"--eole-compat reproduces EOLE's logged number, and {adapter.path} is a "
-            f"{adapter.description}, not an EOLE model folder. Drop --eole-compat"
-        )
-    std = adapter.extras.get("std")
-    if std is None:
-        raise InputError(
-            f"{adapter.path} has no decoder, so EOLE logs no attention entropy for it. "
-            "Drop --eole-compat"
-        )
     training = adapter.config.get("training") or {}
-    batch_size, batch_type = batching(training, options)
-    if not examples:
-        raise InputError("the data slice is empty. Give at least one example")
-    tokens = [adapter.encode(example, None)[0] for example in examples]
+    limit = options.max_length
+    if adapter.max_positions is not None and (limit is None or adapter.max_positions < limit):
+        limit = adapter.max_positions
+    tokens = [adapter.encode(example, limit)[0] for example in examples]
     side = std_query_side(adapter)
     selection = options.entropy
 
@@ -137,6 +137,23 @@ def eole_compatible_entropy(
     )
 
 
+def check_compat(adapter, options: CompatOptions) -> tuple[tuple[str, int, int], int, str]:
+    """(std head, batch size, batch type) of an EOLE adapter; refuses anything else, cheaply."""
+    if getattr(adapter, "format_name", None) != "eole":
+        raise UsageError(
+            f"--eole-compat reproduces EOLE's logged number, and {adapter.path} is a "
+            f"{adapter.description}, not an EOLE model folder. Drop --eole-compat"
+        )
+    std = adapter.extras.get("std")
+    if std is None:
+        raise InputError(
+            f"{adapter.path} has no decoder, so EOLE logs no attention entropy for it. "
+            "Drop --eole-compat"
+        )
+    training = adapter.config.get("training") or {}
+    return (std, *batching(training, options, adapter.path))
+
+
 def compute_eole_compat(
     checkpoint: Path, data, load_options, options: CompatOptions | None = None
 ) -> CompatResult:
@@ -157,15 +174,37 @@ def compute_eole_compat(
     return eole_compatible_entropy(adapter, read_examples(data), options)
 
 
-def batching(training: dict, options: CompatOptions) -> tuple[int, str]:
+def batching(training: dict, options: CompatOptions, path: Path | None = None) -> tuple[int, str]:
     """(batch size, batch type) of EOLE's validation: the options, else the checkpoint's."""
-    batch_size = options.batch_size or training.get("valid_batch_size", 32)  # EOLE's default
-    batch_type = options.batch_type or training.get("batch_type", "sents")
-    if batch_type not in BATCH_TYPES:
-        raise UsageError(f"unknown batch type {batch_type!r}. Use one of {', '.join(BATCH_TYPES)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch size {batch_size!r} is not a positive integer. Give e.g. 32")
+    check_batching(options)
+    config = f"{path}/config.json" if path is not None else "the checkpoint's config"
+    batch_size = options.batch_size
+    if batch_size is None:
+        batch_size = training.get("valid_batch_size", 32)  # EOLE's default
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(
+                f"valid_batch_size in {config} is {batch_size!r}, not a positive integer. "
+                "Pass --eole-batch-size N"
+            )
+    batch_type = options.batch_type
+    if batch_type is None:
+        batch_type = training.get("batch_type", "sents")
+        if batch_type not in BATCH_TYPES:
+            raise InputError(
+                f"batch_type in {config} is {batch_type!r}, not sents or tokens. "
+                "Pass --eole-batch-type sents or tokens"
+            )
     return batch_size, batch_type
+
+
+def check_batching(options: CompatOptions) -> None:
+    """Refuse a given --eole-batch-size below 1 or an --eole-batch-type not sents or tokens."""
+    if options.batch_type is not None and options.batch_type not in BATCH_TYPES:
+        raise UsageError(
+            f"unknown --eole-batch-type {options.batch_type!r}. Use one of {', '.join(BATCH_TYPES)}"
+        )
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UsageError(f"--eole-batch-size {options.batch_size} is below 1. Use 1 or more")
 
 
 def validation_batches(
@@ -307,28 +346,3 @@ def zero_notes(adapter, selection: EntropyConfig, eole: float, formula: float, d
             "the value shown is what its CPU path computes"
         )
     return tuple(notes)
-
-
-def with_std_rows(
-    table: pd.DataFrame, std: tuple[str, int, int] | None, types: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """The entropy table plus attn_type `std`: a copy of the rows of EOLE's measured head.
-
-    `std` is `adapter.extras["std"]`, (attn_type, layer, head); the copy keeps its layer and
-    is head 0. With `types`, only the rows of those types are kept.
-    """
-    if std is None:
-        raise InputError(
-            "the model has no decoder, so it has no 'std' attention. Drop std from the types"
-        )
-    attn_type, layer, head = std
-    rows = table[
-        (table[schema.ATTN_TYPE] == attn_type)
-        & (table[schema.LAYER] == layer)
-        & (table[schema.HEAD] == head)
-    ]
-    std_rows = rows.assign(**{schema.ATTN_TYPE: "std", schema.HEAD: 0})
-    combined = pd.concat([table, std_rows], ignore_index=True)
-    if types is not None:
-        combined = combined[combined[schema.ATTN_TYPE].isin(types)].reset_index(drop=True)
-    return combined

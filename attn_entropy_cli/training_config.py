@@ -10,10 +10,9 @@ its top level or under `training:`; a checkpoint's `config.json` keeps them unde
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,15 @@ AGGREGATIONS = ("mean", "max", "min")
 # keys of EOLE's attention dict that attnent does not measure; named in a warning, then dropped
 EOLE_ONLY_TYPES = ("align", "coverage", "cross_attns")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-STEP_FOLDER = re.compile(r"^step_(\d+)$")
+# on the command line, --types all / --layers all: every one, whatever a config says
+ALL = "all"
+# the command-line option of each field, for messages
+COMMAND_LINE_NAMES = {
+    "log_attention_entropy": "log_attention_entropy",
+    "types": "--types",
+    "layers": "--layers",
+    "aggregation": "--aggregation",
+}
 
 
 @dataclass(frozen=True)
@@ -40,14 +47,37 @@ class EntropyConfig:
     """The attention-entropy options a training config sets; None where it leaves the default."""
 
     log_attention_entropy: bool | None = None  # False: EOLE logged every attn_ent as 0.000
-    types: tuple[str, ...] | None = None  # attention types to measure; None: all of them
-    layers: tuple[int, ...] | None = None  # 0-based layer indices; None: all layers
+    # attention types to measure; None: all of them (ALL on the command line: all, overriding)
+    types: tuple[str, ...] | str | None = None
+    layers: tuple[int, ...] | str | None = None  # 0-based layer indices; None (or ALL): all
     aggregation: str | None = None  # "mean", "max" or "min" across (type, layer) entries
     source: Path | None = None  # the file the options were read from; None: command line
+    from_source: tuple[str, ...] = ()  # fields whose value came from `source` after `resolve`
 
     def is_empty(self) -> bool:
         """True when no option is set."""
-        return all(getattr(self, f.name) is None for f in fields(self) if f.name != "source")
+        return all(getattr(self, name) is None for name in OPTION_NAMES)
+
+    def option_name(self, name: str) -> str:
+        """How a message names where field `name` came from: `--types`, or the config key."""
+        if name in self.from_source:
+            return f"{OPTION_NAMES[name]} in {self.source}"
+        return COMMAND_LINE_NAMES[name]
+
+    def describe_source(self) -> str | None:
+        """One line naming the options taken from a config file and the file; None if none."""
+        taken = [n for n in ("types", "layers", "aggregation") if n in self.from_source]
+        if self.source is None or not taken:
+            return None
+        values = ", ".join(f"{OPTION_NAMES[n]} {format_value(getattr(self, n))}" for n in taken)
+        return f"attention-entropy options from {self.source}: {values}"
+
+
+def format_value(value: Any) -> str:
+    """A config value as a YAML-like list or word: [std, context], [0, 1], mean."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
 
 
 def read_entropy_config(path: Path) -> EntropyConfig:
@@ -147,15 +177,19 @@ def parse_types(raw: Any, path: Path) -> tuple[str, ...]:
 
 
 def resolve(command_line: EntropyConfig, config: EntropyConfig | None) -> EntropyConfig:
-    """The options to use: each one given on the command line wins over the config's."""
+    """The options to use: each one given on the command line wins over the config's.
+
+    ALL on the command line (`--types all`, `--layers all`) becomes None: every one.
+    """
+    given = {name: getattr(command_line, name) for name in OPTION_NAMES}
+    given = {name: value for name, value in given.items() if value is not None}
     if config is None:
-        return command_line
-    given = {
-        f.name: getattr(command_line, f.name)
-        for f in fields(command_line)
-        if f.name != "source" and getattr(command_line, f.name) is not None
-    }
-    return replace(config, **given)
+        chosen = replace(command_line, source=None, from_source=())
+    else:
+        taken = tuple(n for n in OPTION_NAMES if n not in given and getattr(config, n) is not None)
+        chosen = replace(config, **given, from_source=taken)
+    every = {name: None for name in ("types", "layers") if getattr(chosen, name) == ALL}
+    return replace(chosen, **every)
 
 
 def find_run_config(path: Path) -> Path | None:
@@ -185,11 +219,13 @@ def find_run_config(path: Path) -> Path | None:
         )
         return None
 
+    from attn_entropy_cli.loaders.base import named_step  # torch: only when a folder is searched
+
     steps = []
     for candidate in path.rglob("step_*/config.json"):
-        match = STEP_FOLDER.match(candidate.parent.name)
-        if match and is_eole_config(candidate):
-            steps.append((int(match.group(1)), candidate))
+        step = named_step(candidate.parent)
+        if step is not None and is_eole_config(candidate):
+            steps.append((step, candidate))
     return max(steps)[1] if steps else None
 
 
@@ -217,6 +253,4 @@ def entropy_options_for(
     if config is not None:
         return resolve(command_line, read_entropy_config(config))
     found = find_run_config(Path(checkpoints[0])) if checkpoints else None
-    if found is None:
-        return command_line
-    return resolve(command_line, read_entropy_config(found))
+    return resolve(command_line, None if found is None else read_entropy_config(found))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,10 +11,7 @@ import pandas as pd
 
 from attn_entropy_cli import schema
 from attn_entropy_cli.errors import AttnentWarning, InputError, UsageError
-
-# checkpoint names that carry a step: EOLE step_N, Hugging Face checkpoint-N, ckpt_N.pt ...
-NAMED_STEP = re.compile(r"(?:step|checkpoint|ckpt|iter)[-_]?(\d+)(?:\.pt)?$")
-CHECKPOINT_FOLDER = re.compile(r"^(?:step_|checkpoint-)\d+$")
+from attn_entropy_cli.loaders.base import CHECKPOINT_FOLDER, named_step
 
 
 @dataclass(frozen=True)
@@ -26,12 +22,6 @@ class CheckpointRef:
     format: str  # a key of loaders.FORMATS
     step: int | None  # from its name; the adapter's own step wins when it has one
     architecture: str | None = None  # a short description, where cheap to read (EOLE)
-
-
-def named_step(path: Path) -> int | None:
-    """The step a checkpoint's name carries (step_400, checkpoint-1000, ckpt_2000.pt), or None."""
-    match = NAMED_STEP.search(Path(path).name)
-    return int(match.group(1)) if match else None
 
 
 def run_checkpoints(folder: Path) -> list[Path]:
@@ -189,9 +179,11 @@ def compute_trajectory(
         data, load_options, options: as for `compute.compute_entropy`.
         progress: called with (checkpoints done, checkpoints in all) after each checkpoint.
     """
-    from attn_entropy_cli.compute import compute_entropy
+    from attn_entropy_cli.compute import STD_ONLY_EOLE, compute_entropy
 
     refs = expand_checkpoints(paths, load_options)
+    if "std" in (options.types or ()) and refs[0].format != "eole":
+        raise UsageError(STD_ONLY_EOLE)
     done = []
 
     def one(path: Path) -> pd.DataFrame:
@@ -202,3 +194,14 @@ def compute_trajectory(
         return table
 
     return trajectory_table(refs, one)
+
+
+def step_aggregates(table: pd.DataFrame, aggregation: str) -> pd.DataFrame:
+    """One row per step of a trajectory table: `step` and the aggregated entropy, `entropy`."""
+    from attn_entropy_cli.compute import aggregate
+
+    rows = [
+        (step, aggregate(group, aggregation))
+        for step, group in table.groupby(schema.STEP, sort=True)
+    ]
+    return pd.DataFrame(rows, columns=[schema.STEP, schema.ENTROPY])

@@ -37,8 +37,8 @@ def explicit_causal(x, heads):
     return (-torch.special.xlogy(p, p).sum(-1)).mean(dim=(0, 2))  # (heads,)
 
 
-def run_one(model, sites, x, masks):
-    with capture_attention(model, sites) as capture:
+def run_one(model, sites, x, masks, observe=None):
+    with capture_attention(model, sites, observe) as capture:
         capture.run(lambda: model(x), masks)
     return capture.sums
 
@@ -167,6 +167,59 @@ def test_sites_left_out_of_observe_are_checked_but_not_measured():
     model = torch.nn.Sequential(ToyAttention(), ToyAttention())
     sites = [AttentionSite(model[i], str(i), "self", i) for i in range(2)]
     masks = {"src": torch.ones(1, 3, dtype=bool)}
+    x = torch.randn(1, 3, 8)
     with capture_attention(model, sites, observe={("self", 1)}) as capture:
-        capture.run(lambda: model(torch.randn(1, 3, 8)), masks)
+        capture.run(lambda: model(x), masks)
     assert list(capture.sums) == [("self", 1)]
+    assert capture.calls == [1, 1]  # site 0 ran once and was counted
+    assert torch.allclose(capture.sums[("self", 1)].mean(), explicit_causal(model[0](x), 2))
+
+
+def test_sites_left_out_of_observe_are_counted():
+    model = torch.nn.Sequential(ToyAttention(), ToyAttention(calls=2))
+    sites = [AttentionSite(model[i], str(i), "self", i) for i in range(2)]
+    masks = {"src": torch.ones(1, 3, dtype=bool)}
+    # site 1 is not measured, yet its two calls are still counted and refused
+    with pytest.raises(InputError, match=r"1 \(self, layer 1\) computed 2 attentions"):
+        run_one(model, sites, torch.randn(1, 3, 8), masks, observe={("self", 0)})
+
+
+class DropoutAttention(torch.nn.Module):
+    """SDPA on dropped-out inputs, with SDPA's own dropout in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        q = self.drop(x).view(x.shape[0], x.shape[1], 2, 4).transpose(1, 2)
+        p = 0.5 if self.training else 0.0
+        return F.scaled_dot_product_attention(q, q, q, dropout_p=p, is_causal=True)
+
+
+def test_training_model_is_measured_in_eval_mode_without_grad():
+    model = DropoutAttention().train()
+    x = torch.randn(2, 5, 8)
+    sites = [AttentionSite(model, "attn", "self", 0)]
+    masks = {"src": torch.ones(2, 5, dtype=bool)}
+    seen = []
+
+    def forward():
+        seen.append((model.training, model.drop.training, torch.is_inference_mode_enabled()))
+        return model(x)
+
+    with capture_attention(model, sites) as capture:
+        capture.run(forward, masks)
+        capture.run(forward, masks)
+    assert seen == [(False, False, True)] * 2
+    # no dropout: both passes give the explicit entropy of the clean input
+    assert torch.allclose(capture.sums[("self", 0)].mean(), explicit_causal(x, 2), atol=1e-6)
+    assert model.training and model.drop.training
+
+
+def test_each_modules_training_flag_is_restored():
+    model = torch.nn.Sequential(ToyAttention(), torch.nn.Dropout(0.1)).train()
+    model[1].eval()  # a frozen part inside a training model
+    sites = [AttentionSite(model[0], "0", "self", 0)]
+    run_one(model, sites, torch.randn(1, 3, 8), {"src": torch.ones(1, 3, dtype=bool)})
+    assert model.training and model[0].training and not model[1].training

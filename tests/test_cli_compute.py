@@ -93,7 +93,7 @@ def test_json_on_stdout_in_bits(files, capsys):
         (
             ["--layers", "x"],
             2,
-            "Error: --layers takes 0-based layer numbers, not 'x'. Example: --layers 0,5",
+            "Error: --layers takes 0-based layer numbers or all, not 'x'. Example: --layers 0,5",
         ),
         (
             ["--aggregation", "median"],
@@ -103,7 +103,7 @@ def test_json_on_stdout_in_bits(files, capsys):
         (
             ["--start", "10"],
             1,
-            "Error: the slice of {data} from line 10 is empty (the file has 3 lines, 0 blank in "
+            "Error: the slice of {data} from line 11 is empty (the file has 3 lines, 0 blank in "
             "the slice). Choose another --start",
         ),
     ],
@@ -195,3 +195,152 @@ def test_missing_checkpoint_path(tmp_path, files, capsys):
         "",
         f"Error: checkpoint {missing} does not exist. Check the path\n",
     )
+
+
+def test_json_in_bits_carries_the_unit_and_bits_values(files, capsys):
+    import json
+    import math
+
+    checkpoint, data = files
+    base = ["compute", str(checkpoint), str(data), "--format", "json"]
+    _, nats, _ = attnent(base, capsys)
+    code, bits, _ = attnent([*base, "--bits"], capsys)
+    nats, bits = json.loads(nats), json.loads(bits)
+    assert code == 0 and len(bits) == len(nats) == 4
+    assert {row["unit"] for row in bits} == {"bits"} and "unit" not in nats[0]
+    for n, b in zip(nats, bits, strict=True):
+        assert b["entropy"] == pytest.approx(n["entropy"] / math.log(2))
+
+
+@pytest.mark.parametrize(
+    "extra, code, line",
+    [
+        (
+            ["--types", "std"],
+            2,
+            "Error: `--types std` is EOLE's logged head and exists only for EOLE model folders. "
+            "Drop std",
+        ),
+        (
+            ["--types", "std,bogus"],
+            2,
+            "Error: --types names 'bogus', which is no attention type. "
+            "Use enc_self, self, context, std",
+        ),
+        (
+            ["--eole-compat"],
+            2,
+            "Error: --eole-compat reproduces EOLE's logged number, and {checkpoint} is a nanoGPT "
+            "ckpt.pt, not an EOLE model folder. Drop --eole-compat",
+        ),
+        (
+            ["--eole-compat", "--eole-batch-type", "foo"],
+            2,
+            "Error: unknown --eole-batch-type 'foo'. Use one of sents, tokens",
+        ),
+        (["--max-length", "0"], 2, "Error: --max-length 0 is below 1. Use 1 or more"),
+        (
+            ["--dtype", "int8"],
+            2,
+            "Error: unknown --dtype 'int8'. Use one of float32, bfloat16, float16",
+        ),
+        (
+            ["--types", "all,self"],
+            2,
+            "Error: --types all means every one. Give all alone, or a list without it",
+        ),
+        (
+            ["--config", "{data}.missing.yaml"],
+            2,
+            "Error: config {data}.missing.yaml does not exist. Check the path given to --config",
+        ),
+        (
+            ["-o", "{data}.xyz"],
+            2,
+            "Error: cannot tell the table format of {data}.xyz from its suffix. "
+            "Name the file .csv, .json or .parquet",
+        ),
+    ],
+)
+def test_refusals_come_before_any_output(files, capsys, extra, code, line):
+    checkpoint, data = files
+    extra = [part.format(data=data) for part in extra]
+    got, out, err = attnent(["compute", str(checkpoint), str(data), *extra], capsys)
+    assert (got, out, err) == (code, "", line.format(data=data, checkpoint=checkpoint) + "\n")
+
+
+def test_target_with_a_decoder_only_model_is_a_warning(files, capsys):
+    checkpoint, data = files
+    code, out, err = attnent(["compute", str(checkpoint), str(data), "--tgt", str(data)], capsys)
+    assert code == 0 and out.startswith("entropy (nats)")
+    assert err.startswith(
+        f"Warning: {checkpoint} reads one text per example, so the target side (--tgt or --tsv) "
+        "is not used\n"
+    )
+
+
+RUN_A = "sample_runs/runA/model/step_400"
+SRC, TGT = "sample_runs/data/src-val.txt", "sample_runs/data/tgt-val.txt"
+
+
+@pytest.fixture
+def in_root(monkeypatch):
+    """Run from the repository root, so sample_runs/ paths read as in the README."""
+    pytest.importorskip("eole", reason="EOLE checkpoints need the eole extra")
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+
+
+def test_eole_std_with_layers_prints_the_std_row(in_root, capsys):
+    args = ["compute", RUN_A, SRC, "--tgt", TGT, "--limit", "5", "--types", "std,context"]
+    code, out, err = attnent([*args, "--layers", "0"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines[2:4]] == [["context", "0"], ["std", "1"]]
+    assert len(lines[2].split()) == 2 + 4 and len(lines[3].split()) == 2 + 1
+    assert err.startswith(
+        f"attention-entropy options from {RUN_A}/config.json: attention_entropy_aggregation mean\n"
+    )
+    code, out, _ = attnent([*args[:-1], "std", "--layers", "0"], capsys)
+    assert code == 0 and out.splitlines()[2].split() == lines[3].split()
+
+
+def test_eole_without_target_is_one_error_line(in_root, capsys):
+    code, out, err = attnent(["compute", RUN_A, SRC, "--limit", "3"], capsys)
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        f"Error: {RUN_A} is an encoder-decoder model and needs a target side. "
+        "Pass --tgt FILE or --tsv\n"
+    )
+
+
+def test_eole_compat_prints_both_numbers_in_bits(in_root, capsys):
+    args = ["compute", RUN_A, SRC, "--tgt", TGT, "--limit", "5", "--eole-compat", "--bits"]
+    code, out, err = attnent(args, capsys)
+    assert code == 0, err
+    assert "mean over the selected layers: " in out and out.count(" bits") >= 1
+    compat = out[out.index("EOLE-compatible entropy (bits): context layer 1 head 0") :]
+    assert "5 sentences in 1 batch of 50 sents" in compat
+    assert "  EOLE would log " in compat and "  attnent's definition " in compat
+
+
+def test_trajectory_as_json_and_types_all_over_the_run_config(in_root, capsys):
+    import json
+
+    args = ["compute", "sample_runs/runLM/model", SRC, "--limit", "5", "--format", "json"]
+    code, out, err = attnent(args, capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert {(r["step"], r["attn_type"]) for r in rows} == {(s, "std") for s in (100, 200, 300)}
+    assert "attention_entropy_types [std]" in err
+
+    code, out, err = attnent([*args, "--types", "all"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert {r["attn_type"] for r in rows} == {"self"} and len(rows) == 3 * 2 * 4
+    assert "attention_entropy_types" not in err
+
+    code, out, err = attnent(args[:5], capsys)
+    assert code == 0 and out.splitlines()[0].split() == ["step", "mean"]
+    assert [line.split()[0] for line in out.splitlines()[1:4]] == ["100", "200", "300"]

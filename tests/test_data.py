@@ -62,7 +62,19 @@ def test_target_count_mismatch_is_an_error(tmp_path):
 
 def test_empty_slice_and_missing_file(tmp_path):
     data = write(tmp_path / "d.txt", ["a"])
-    with pytest.raises(InputError, match="from line 5 is empty"):
+    with pytest.raises(InputError, match="from line 6 is empty"):  # 1-based, as elsewhere
         read_examples(DataOptions(data, start=5))
     with pytest.raises(UsageError, match="does not exist"):
         read_examples(DataOptions(tmp_path / "nope.txt"))
+    with pytest.raises(UsageError, match=f"data file {tmp_path} is a folder. Give a text"):
+        read_examples(DataOptions(tmp_path))
+
+
+def test_jsonl_source_field_with_a_plain_text_target(tmp_path):
+    src = write(tmp_path / "s.jsonl", ['{"body": "a"}', '{"body": "b"}'])
+    tgt = write(tmp_path / "t.txt", ["x", "y"])
+    examples = read_examples(DataOptions(src, field="body", tgt=tgt))
+    assert [(e.src, e.tgt) for e in examples] == [("a", "x"), ("b", "y")]
+    both = write(tmp_path / "t.jsonl", ['{"body": "x"}', '{"body": "y"}'])
+    examples = read_examples(DataOptions(src, field="body", tgt=both))
+    assert [(e.src, e.tgt) for e in examples] == [("a", "x"), ("b", "y")]

@@ -1,6 +1,7 @@
 """The EOLE-compatible number against what EOLE really logged for the sample runs."""
 
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -162,30 +163,70 @@ def test_refuses_other_formats_and_bad_batching(run):
 
     with pytest.raises(UsageError, match="ckpt.pt is a nanoGPT ckpt.pt, not an EOLE model"):
         eole_compatible_entropy(NotEole(), data)
-    with pytest.raises(UsageError, match="unknown batch type 'words'"):
+    with pytest.raises(UsageError, match="unknown --eole-batch-type 'words'. Use one of sents"):
         eole_compatible_entropy(adapter, data, CompatOptions(batch_type="words"))
+    with pytest.raises(UsageError, match="--eole-batch-size 0 is below 1. Use 1 or more"):
+        eole_compatible_entropy(adapter, data, CompatOptions(batch_size=0))
 
 
-def test_std_rows_copy_the_measured_head():
-    import pandas as pd
+def compute_run_a(types, layers=None, compat=None, bits=False, limit=5, max_length=None):
+    """compute_entropy on runA's step_400 over the first `limit` validation pairs."""
+    from attn_entropy_cli.compute import ComputeOptions, compute_entropy
+    from attn_entropy_cli.data import DataOptions
 
+    data = DataOptions(
+        SAMPLE_RUNS / "data" / "src-val.txt",
+        limit=limit,
+        tgt=SAMPLE_RUNS / "data" / "tgt-val.txt",
+    )
+    options = ComputeOptions(types=types, layers=layers, bits=bits, max_length=max_length)
+    checkpoint = SAMPLE_RUNS / "runA" / "model" / "step_400"
+    return compute_entropy(checkpoint, data, LoadOptions(), options, compat=compat)
+
+
+def test_std_is_the_measured_head_whatever_the_layers():
     from attn_entropy_cli import schema
-    from attn_entropy_cli.eole_compat import with_std_rows
 
-    rows = [
-        ["c", attn_type, layer, head, 1.0 + layer + head / 10, 0.5, 3, 0.1]
-        for attn_type in ("self", "context")
-        for layer in (0, 1)
-        for head in (0, 1)
+    columns = [schema.ATTN_TYPE, schema.LAYER, schema.HEAD]
+    context = compute_run_a(("context",)).table
+    head = context[(context[schema.LAYER] == 1) & (context[schema.HEAD] == 0)]
+    std = compute_run_a(("std",), layers=(0,))
+    assert std.table[columns].values.tolist() == [["std", 1, 0]]
+    assert std.table[schema.ENTROPY].tolist() == pytest.approx(head[schema.ENTROPY].tolist())
+    assert std.aggregate == pytest.approx(head[schema.ENTROPY].item())
+
+    both = compute_run_a(("std", "context"), layers=(0,))
+    assert both.table[columns].values.tolist() == [["context", 0, h] for h in range(4)] + [
+        ["std", 1, 0]
     ]
-    table = pd.DataFrame(rows, columns=schema.ENTROPY_COLUMNS)
-    std = with_std_rows(table, ("context", 1, 0), types=("std",))
-    assert std[[schema.ATTN_TYPE, schema.LAYER, schema.HEAD, schema.ENTROPY]].values.tolist() == [
-        ["std", 1, 0, 2.0]
-    ]
-    assert len(with_std_rows(table, ("context", 1, 0))) == len(table) + 1
-    with pytest.raises(InputError, match="has no decoder"):
-        with_std_rows(table, None)
+    layer_0 = context[context[schema.LAYER] == 0][schema.ENTROPY].mean()
+    assert both.aggregate == pytest.approx((layer_0 + head[schema.ENTROPY].item()) / 2)
+
+
+def test_compat_reuses_the_loaded_model_and_follows_bits(monkeypatch):
+    from attn_entropy_cli.loaders import eole as eole_loader
+
+    loads = []
+    real_load = eole_loader.EoleAdapter.load.__func__
+    monkeypatch.setattr(
+        eole_loader.EoleAdapter,
+        "load",
+        classmethod(lambda cls, path, options: loads.append(path) or real_load(cls, path, options)),
+    )
+    nats = compute_run_a(None, compat=CompatOptions()).compat
+    bits = compute_run_a(None, compat=CompatOptions(), bits=True).compat
+    assert len(loads) == 2  # one load per compute, none for the compat number
+    assert (nats.unit, bits.unit, nats.n_sentences) == ("nats", "bits", 5)
+    assert bits.eole == pytest.approx(nats.eole / math.log(2))
+    assert bits.clamp == pytest.approx(nats.clamp / math.log(2))
+
+
+def test_compat_follows_max_length():
+    full = compute_run_a(None, compat=CompatOptions()).compat
+    with pytest.warns(UserWarning, match="examples to 3 tokens"):
+        cut = compute_run_a(None, compat=CompatOptions(), max_length=3).compat
+    assert cut.eole != pytest.approx(full.eole)
+    assert cut.eole < math.log(3) + 1e-6  # at most 3 keys per row
 
 
 def test_compute_eole_compat_reads_the_slice():

@@ -160,6 +160,20 @@ def test_std_is_head_0_of_the_last_decoder_layer(loaded):
     assert torch.equal(attns["std"], recorded[std[:2]][:, 0])
 
 
+def test_encoder_decoder_without_target_is_refused(loaded):
+    _, adapter, _ = loaded
+    example = Example("a source line", None, 0)
+    if "tgt" not in adapter.sides:
+        assert list(adapter.encode(example, None)[0]) == ["src"]
+        return
+    with pytest.raises(UsageError) as error:
+        adapter.encode(example, None)
+    assert str(error.value) == (
+        f"{adapter.path} is an encoder-decoder model and needs a target side. "
+        "Pass --tgt FILE or --tsv"
+    )
+
+
 def test_capture_leaves_eole_outputs_unchanged(loaded):
     _, adapter, tokens = loaded
     batch = adapter.collate(tokens[:12])
@@ -273,14 +287,6 @@ def test_same_numbers_on_gpu_and_cpu():
         results[device] = {key: sums.mean() for key, sums in capture.sums.items()}
     for key, mean in results["cpu"].items():
         assert torch.allclose(mean, results["cuda"][key], atol=1e-4), key
-
-
-def test_std_site_from_config_alone(tmp_path):
-    from attn_entropy_cli.loaders.eole import eole_std_site
-
-    assert eole_std_site(CHECKPOINTS["runA"]) == ("context", 1, 0)
-    assert eole_std_site(CHECKPOINTS["runLM"]) == ("self", 1, 0)
-    assert eole_std_site(tmp_path) is None
 
 
 def test_rnn_model_is_refused(tmp_path):

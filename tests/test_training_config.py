@@ -7,6 +7,7 @@ import pytest
 
 from attn_entropy_cli.errors import AttnentWarning, InputError, UsageError
 from attn_entropy_cli.training_config import (
+    ALL,
     EntropyConfig,
     entropy_options_for,
     find_run_config,
@@ -54,8 +55,25 @@ def test_top_level_and_training_section(tmp_path):
 def test_command_line_wins():
     config = EntropyConfig(True, ("context",), (0, 1), "max", Path("run.yaml"))
     merged = resolve(EntropyConfig(types=("self",), aggregation="min"), config)
-    assert merged == EntropyConfig(True, ("self",), (0, 1), "min", Path("run.yaml"))
+    assert merged == EntropyConfig(
+        True, ("self",), (0, 1), "min", Path("run.yaml"), ("log_attention_entropy", "layers")
+    )
     assert resolve(EntropyConfig(layers=(1,)), None) == EntropyConfig(layers=(1,))
+    assert merged.option_name("types") == "--types"
+    assert merged.option_name("layers") == "attention_entropy_layers in run.yaml"
+    assert merged.describe_source() == (
+        "attention-entropy options from run.yaml: attention_entropy_layers [0, 1]"
+    )
+
+
+def test_all_on_the_command_line_overrides_the_config():
+    config = EntropyConfig(True, ("std",), (1,), "max", Path("run.yaml"))
+    merged = resolve(EntropyConfig(types=ALL, layers=ALL), config)
+    assert (merged.types, merged.layers, merged.aggregation) == (None, None, "max")
+    assert merged.describe_source() == (
+        "attention-entropy options from run.yaml: attention_entropy_aggregation max"
+    )
+    assert resolve(EntropyConfig(types=ALL), None).types is None
 
 
 def test_eole_only_types_are_dropped_with_a_warning(tmp_path):
@@ -136,3 +154,6 @@ def test_options_for_compute(tmp_path):
     from_file = entropy_options_for([SAMPLE_RUNS / "runB"], given, cli)
     assert (from_file.layers, from_file.aggregation, from_file.source) == ((1,), "min", given)
     assert entropy_options_for([SAMPLE_RUNS / "data"], None, cli) == cli
+    assert from_file.describe_source() == (
+        f"attention-entropy options from {given}: attention_entropy_layers [1]"
+    )

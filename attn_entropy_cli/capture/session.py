@@ -183,7 +183,8 @@ def capture_attention(
     restored when the block ends, whatever happens.
     """
     capture = AttentionCapture(model, sites, observe)
-    was_training = model.training
+    # each module's own flag: a model may hold frozen eval-mode parts inside a training one
+    modes = [(module, module.training) for module in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with ExitStack() as stack:
         try:
@@ -193,4 +194,5 @@ def capture_attention(
             yield capture
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-            model.train(was_training)
+            for module, training in modes:
+                module.training = training

@@ -24,10 +24,14 @@ TypesOpt = typer.Option(
     None,
     "--types",
     metavar="TYPE,...",
-    help="Attention types: enc_self, self, context, std (EOLE's logged head); default all.",
+    help="Attention types: enc_self, self, context, std (EOLE's logged head), or all "
+    "(overrides a config's); default all.",
 )
 LayersOpt = typer.Option(
-    None, "--layers", metavar="N,...", help="Layers to report, 0-based (default all)."
+    None,
+    "--layers",
+    metavar="N,...",
+    help="Layers to report, 0-based, or all (overrides a config's); default all.",
 )
 OutputOpt = typer.Option(
     None, "-o", "--output", help="Write the long table (.csv, .json, .parquet)."
@@ -42,16 +46,40 @@ def split_list(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
-def parse_layers(values: list[str] | None) -> tuple[int, ...] | None:
-    """0-based layer numbers from --layers."""
+def parse_all(option: str, parts: list[str]) -> bool:
+    """True when an option says `all`; refuses `all` next to other values."""
+    if "all" not in parts:
+        return False
+    if len(parts) > 1:
+        raise UsageError(f"{option} all means every one. Give all alone, or a list without it")
+    return True
+
+
+def parse_types(values: list[str] | None) -> tuple[str, ...] | str | None:
+    """Attention types from --types: a tuple, ALL, or None when not given."""
+    from attn_entropy_cli.training_config import ALL
+
+    parts = split_list(values)
+    if parse_all("--types", parts):
+        return ALL
+    return tuple(parts) or None
+
+
+def parse_layers(values: list[str] | None) -> tuple[int, ...] | str | None:
+    """0-based layer numbers from --layers, ALL, or None when not given."""
+    from attn_entropy_cli.training_config import ALL
+
     parts = split_list(values)
     if not parts:
         return None
+    if parse_all("--layers", parts):
+        return ALL
     try:
         layers = tuple(int(part) for part in parts)
     except ValueError:
         raise UsageError(
-            f"--layers takes 0-based layer numbers, not {','.join(parts)!r}. Example: --layers 0,5"
+            f"--layers takes 0-based layer numbers or all, not {','.join(parts)!r}. "
+            "Example: --layers 0,5"
         ) from None
     if min(layers) < 0:
         raise UsageError(f"--layers {min(layers)} is negative. Layers count from 0")
@@ -82,8 +110,9 @@ def render_compat(result) -> str:
     attn_type, layer, head = result.std
     batches = f"{result.n_batches} batch{'es' if result.n_batches != 1 else ''}"
     lines = [
-        f"EOLE-compatible entropy: {attn_type} layer {layer} head {head} (EOLE's 'std'), "
-        f"{result.n_sentences} sentences in {batches} of {result.batch_size} {result.batch_type}",
+        f"EOLE-compatible entropy ({result.unit}): {attn_type} layer {layer} head {head} "
+        f"(EOLE's 'std'), {result.n_sentences} sentences in {batches} of {result.batch_size} "
+        f"{result.batch_type}",
         f"  EOLE would log        {result.eole:.6f}",
         f"  attnent's definition  {result.attnent:.6f}",
         f"  difference            {result.difference:+.6f} = padded rows {result.padded_rows:+.6f}"
@@ -93,13 +122,11 @@ def render_compat(result) -> str:
     return "\n".join(lines)
 
 
-def render_trajectory(table, aggregation: str) -> str:
-    """One row per checkpoint step: the aggregated value and the per-type means."""
-    from attn_entropy_cli.compute import aggregate
-
+def render_trajectory(steps, aggregation: str) -> str:
+    """One row per checkpoint step, from `trajectory.step_aggregates`."""
     lines = [f"{'step':>8}  {aggregation:>10}"]
-    for step, group in table.groupby("step", sort=True):
-        lines.append(f"{int(step):>8}  {aggregate(group, aggregation):>10.4f}")
+    for step, value in zip(steps["step"], steps["entropy"], strict=True):
+        lines.append(f"{int(step):>8}  {value:>10.4f}")
     lines.append(
         "per head: write the table with -o FILE.csv and draw it with 'attnent plot FILE.csv'"
     )
@@ -157,18 +184,16 @@ def compute(
     Example: attnent compute sample_runs/nanogpt/ckpt.pt sample_runs/data/src-val.txt --limit 20
     """
     from attn_entropy_cli import report
-    from attn_entropy_cli.compute import ComputeOptions, aggregate, compute_entropy
+    from attn_entropy_cli.compute import ComputeOptions, compute_entropy
     from attn_entropy_cli.data import DataOptions
-    from attn_entropy_cli.eole_compat import CompatOptions, compute_eole_compat, with_std_rows
+    from attn_entropy_cli.eole_compat import CompatOptions
     from attn_entropy_cli.loaders.base import LoadOptions
-    from attn_entropy_cli.loaders.eole import eole_std_site
     from attn_entropy_cli.training_config import EntropyConfig, entropy_options_for
-    from attn_entropy_cli.trajectory import compute_trajectory, expand_checkpoints
+    from attn_entropy_cli.trajectory import compute_trajectory, expand_checkpoints, step_aggregates
 
     if fmt not in STDOUT_FORMATS:
         raise UsageError(f"unknown --format {fmt!r}. Use one of {', '.join(STDOUT_FORMATS)}")
-    if output is not None:
-        out_format = report.format_from_suffix(output)
+    out_format = output_format(output)
     if len(paths) < 2:
         raise UsageError(
             "compute needs a checkpoint and a data file. Example: attnent compute CKPT DATA.txt"
@@ -177,26 +202,28 @@ def compute(
 
     # the four attention_entropy_* options: command line, else the run's training config
     command_line = EntropyConfig(
-        types=tuple(split_list(types)) or None, layers=parse_layers(layers), aggregation=aggregation
+        types=parse_types(types), layers=parse_layers(layers), aggregation=aggregation
     )
     chosen = entropy_options_for(checkpoints, config, command_line)
-    if chosen.source is not None:
-        print(f"attention-entropy options from {chosen.source}", file=sys.stderr)
-    wants_std = chosen.types is not None and "std" in chosen.types
+    if chosen.describe_source() is not None:
+        print(chosen.describe_source(), file=sys.stderr)
     options = ComputeOptions(
-        types=None if wants_std else chosen.types,
+        types=chosen.types,
         layers=chosen.layers,
         aggregation=chosen.aggregation or "mean",
         batch_size=batch_size,
         max_length=max_length,
         bits=bits,
+        types_name=chosen.option_name("types"),
+        layers_name=chosen.option_name("layers"),
     )
     data_options = DataOptions(data, start, limit, field, tgt, tsv)
     load_options = LoadOptions(
         format_hint, tokenizer, factory, unsafe_load_pickle, device=device, dtype=dtype
     )
+    compat = CompatOptions(eole_batch_size, eole_batch_type, chosen) if eole_compat else None
     refs = expand_checkpoints(checkpoints, load_options)
-    if eole_compat and len(refs) > 1:
+    if compat is not None and len(refs) > 1:
         raise UsageError(
             f"--eole-compat takes one checkpoint, not {len(refs)}. Name one step_N folder"
         )
@@ -216,12 +243,10 @@ def compute(
             result = None
             table = compute_trajectory(checkpoints, data_options, load_options, options, progress)
         else:
-            result = compute_entropy(refs[0].path, data_options, load_options, options, progress)
+            result = compute_entropy(
+                refs[0].path, data_options, load_options, options, progress, compat
+            )
             table = result.table
-    if wants_std:
-        table = with_std_rows(table, eole_std_site(refs[0].path), chosen.types)
-        if result is not None:
-            result.table, result.aggregate = table, aggregate(table, options.aggregation)
 
     if output is not None:
         report.write_table(table, output, out_format)
@@ -230,8 +255,20 @@ def compute(
     elif result is not None:
         print(render(result))
     else:
-        print(render_trajectory(table, options.aggregation))
-    if eole_compat:
-        compat_options = CompatOptions(eole_batch_size, eole_batch_type, chosen)
-        compat = compute_eole_compat(refs[0].path, data_options, load_options, compat_options)
-        print(render_compat(compat))
+        print(render_trajectory(step_aggregates(table, options.aggregation), options.aggregation))
+    if result is not None and result.compat is not None:
+        print(render_compat(result.compat))
+
+
+def output_format(output: Path | None) -> str | None:
+    """The table format of -o from its suffix; compute's --format is for stdout only."""
+    from attn_entropy_cli import report
+
+    if output is None:
+        return None
+    if output.suffix.lower().lstrip(".") not in ("", *report.TABLE_FORMATS):
+        raise UsageError(
+            f"cannot tell the table format of {output} from its suffix. "
+            "Name the file .csv, .json or .parquet"
+        )
+    return report.format_from_suffix(output)

@@ -29,6 +29,7 @@ Checks that `compute` makes around an adapter, so adapters need not: the length 
 from __future__ import annotations
 
 import pickle
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,23 @@ from attn_entropy_cli.errors import InputError, UsageError
 UNSAFE_PICKLE_OPTION = "--unsafe-load-pickle"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# checkpoint names that carry a step: EOLE step_N, Hugging Face checkpoint-N, ckpt_N.pt ...
+NAMED_STEP = re.compile(r"(?:step|checkpoint|ckpt|iter)[-_]?(\d+)(?:\.pt)?$")
+# folders that are one checkpoint of a run: EOLE step_N, Hugging Face checkpoint-N
+CHECKPOINT_FOLDER = re.compile(r"^(?:step_|checkpoint-)(\d+)$")
+
+
+def named_step(path: Path | str) -> int | None:
+    """The step a checkpoint's name carries (step_400, checkpoint-1000, ckpt_2000.pt), or None."""
+    match = NAMED_STEP.search(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype --dtype names; anything else is refused."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}. Use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -150,13 +168,16 @@ class CheckpointAdapter(ABC):
         self.model(**batch.inputs)
 
 
-def load_torch_file(path: Path, unsafe_load_pickle: bool = False) -> Any:
+def load_torch_file(path: Path, unsafe_load_pickle: bool = False, mmap: bool = False) -> Any:
     """Open a `torch.save` file on the CPU, without running pickled code unless allowed.
 
-    This is the one place attnent calls `torch.load`.
+    This is the one place attnent calls `torch.load`; `mmap` maps tensors instead of reading
+    them (cheap detection).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe_load_pickle)
+        return torch.load(
+            path, map_location="cpu", weights_only=not unsafe_load_pickle, mmap=mmap or None
+        )
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling failed"
         raise InputError(
@@ -172,6 +193,4 @@ def load_torch_file(path: Path, unsafe_load_pickle: bool = False) -> Any:
 
 def place_model(model: torch.nn.Module, options: LoadOptions) -> torch.nn.Module:
     """Move a model to the requested device and dtype and put it in eval mode."""
-    if options.dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {options.dtype!r}. Use one of {', '.join(DTYPES)}")
-    return model.to(device=options.device, dtype=DTYPES[options.dtype]).eval()
+    return model.to(device=options.device, dtype=check_dtype(options.dtype)).eval()

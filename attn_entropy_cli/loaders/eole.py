@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import json
 import os
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,10 +38,16 @@ from torch.nn.utils.rnn import pad_sequence
 
 from attn_entropy_cli.capture.sites import AttentionSite
 from attn_entropy_cli.errors import InputError, UsageError
-from attn_entropy_cli.loaders.base import DTYPES, Batch, CheckpointAdapter, Example, LoadOptions
+from attn_entropy_cli.loaders.base import (
+    Batch,
+    CheckpointAdapter,
+    Example,
+    LoadOptions,
+    check_dtype,
+    named_step,
+)
 
 INSTALL_HINT = "pip install 'attnent[eole]'"
-STEP_FOLDER = re.compile(r"^step_(\d+)$")
 WEIGHTS_GLOB = "model.*.safetensors"
 # EOLE model classes attnent can run on text, by class name
 TEXT_MODELS = ("EncoderDecoderModel", "DecoderModel", "EncoderModel")
@@ -167,13 +172,12 @@ class EoleAdapter(CheckpointAdapter):
             attn_types, sides = ("enc_self",), ("src",)
         else:
             attn_types, sides = ("enc_self", "self", "context"), ("src", "tgt")
-        match = STEP_FOLDER.match(path.name)
         return cls(
             path=path,
             model=model,
             attn_types=attn_types,
             sides=sides,
-            step=int(match.group(1)) if match else None,
+            step=named_step(path),
             max_positions=max_positions(model),
             vocab_size=None,  # EOLE maps unknown tokens to <unk>, so every id is in range
             extras={"architecture": architecture_of(config), "std": std_site(model)},
@@ -206,6 +210,11 @@ class EoleAdapter(CheckpointAdapter):
         from eole.inputters.text_utils import transform_bucket
 
         tgt = example.tgt if "tgt" in self.sides else None
+        if "tgt" in self.sides and tgt is None:
+            raise UsageError(
+                f"{self.path} is an encoder-decoder model and needs a target side. "
+                "Pass --tgt FILE or --tsv"
+            )
         raw = {"src": example.src, "tgt": tgt, "sco": 1.0}
         out = transform_bucket(CorpusTask.VALID, [(raw, self.transform, "attnent")])
         if out is None:
@@ -354,8 +363,7 @@ def import_eole() -> dict[str, Any]:
 
 def predict_config(path: Path, config: dict, options: LoadOptions, eole: dict[str, Any]) -> Any:
     """EOLE's PredictConfig for the folder: its model config and its inference transforms."""
-    if options.dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {options.dtype!r}. Use one of {', '.join(DTYPES)}")
+    compute_dtype = check_dtype(options.dtype)
     on_gpu = options.device != "cpu"
     try:
         with kept_environment("MODEL_PATH"):
@@ -364,7 +372,7 @@ def predict_config(path: Path, config: dict, options: LoadOptions, eole: dict[st
                 src="-",  # required by the class; attnent feeds examples itself
                 world_size=1,
                 gpu_ranks=[device_id(options.device)] if on_gpu else [],
-                compute_dtype=DTYPES[options.dtype],
+                compute_dtype=compute_dtype,
             )
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise InputError(
@@ -442,24 +450,3 @@ def eole_architecture(path: Path) -> str | None:
         if key in model:
             parts.append(f"{key} {model[key]}")
     return ", ".join(parts)
-
-
-def eole_std_site(path: Path) -> tuple[str, int, int] | None:
-    """(attn_type, layer, head) of EOLE's `std` tensor, from a folder's config.json alone.
-
-    The same answer as `std_site` on the built model, for callers that hold only a table:
-    head 0 of the last decoder layer, cross-attention unless the model is decoder-only.
-    """
-    try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    decoder = model.get("decoder")
-    if not isinstance(decoder, dict) or model.get("architecture") == "transformer_encoder":
-        return None
-    layers = decoder.get("layers", model.get("layers"))
-    if not isinstance(layers, int):
-        return None
-    decoder_only = model.get("architecture") == "transformer_lm" or not model.get("encoder")
-    return ("self" if decoder_only else "context", layers - 1, 0)

@@ -62,6 +62,21 @@ def as_ids(tokenizer: Callable, text: str) -> list[int]:
     return [int(i) for i in ids]
 
 
+def input_vocabulary(model: torch.nn.Module) -> int | None:
+    """Rows of the token embedding table: `get_input_embeddings()`, else the only Embedding.
+
+    Limitations: with several `nn.Embedding`s (tokens, positions, segments) and no
+    `get_input_embeddings`, the largest table is taken, so an id beyond the token table but
+    below a larger position table passes this check and fails inside the model.
+    """
+    get = getattr(model, "get_input_embeddings", None)
+    table = get() if callable(get) else None
+    if isinstance(table, torch.nn.Embedding):
+        return table.num_embeddings
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    return max(sizes) if sizes else None
+
+
 @dataclass
 class GenericAdapter(CheckpointAdapter):
     """A decoder-only or encoder-only model called as `model(ids)` or with `attention_mask`.
@@ -94,12 +109,11 @@ class GenericAdapter(CheckpointAdapter):
             takes_mask = "attention_mask" in inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
             takes_mask = False
-        embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
         adapter = cls(
             path=Path(path),
             model=place_model(model, options),
             attn_types=("self",),
-            vocab_size=embeddings[0].num_embeddings if embeddings else None,
+            vocab_size=input_vocabulary(model),
             batch_limit=None if takes_mask else 1,
             extras={"tokenize": tokenizer, "takes_mask": takes_mask},
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,16 +12,16 @@ import torch
 from attn_entropy_cli.capture.sites import AttentionSite
 from attn_entropy_cli.errors import InputError, UsageError
 from attn_entropy_cli.loaders.base import (
-    DTYPES,
     Batch,
     CheckpointAdapter,
     Example,
     LoadOptions,
     Tokens,
+    check_dtype,
+    named_step,
 )
 from attn_entropy_cli.loaders.discover import discover_sites
 
-CHECKPOINT_STEP = re.compile(r"(?:checkpoint|step)[-_](\d+)$")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_target_positions")
 
 
@@ -48,8 +47,7 @@ def checkpoint_step(path: Path) -> int | None:
             step = None
         if isinstance(step, int):
             return step
-    match = CHECKPOINT_STEP.search(Path(path).resolve().name)
-    return int(match.group(1)) if match else None
+    return named_step(Path(path).resolve())
 
 
 @dataclass
@@ -67,7 +65,12 @@ class HFAdapter(CheckpointAdapter):
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions) -> HFAdapter:
-        """The base model (no task head) with SDPA attention, and the folder's tokenizer."""
+        """The base model (no task head) with SDPA attention, and the folder's tokenizer.
+
+        Limitations: passes `dtype=`, which transformers takes since 4.56; older releases
+        want `torch_dtype=` and would load float32 whatever --dtype says.
+        """
+        dtype = check_dtype(options.dtype)
         try:
             import transformers
         except ImportError:
@@ -80,7 +83,7 @@ class HFAdapter(CheckpointAdapter):
         transformers.utils.logging.disable_progress_bar()
         try:
             model = transformers.AutoModel.from_pretrained(
-                str(path), attn_implementation="sdpa", dtype=DTYPES[options.dtype]
+                str(path), attn_implementation="sdpa", dtype=dtype
             )
         except (OSError, ValueError, KeyError) as error:
             raise InputError(

@@ -92,8 +92,8 @@ class NanoGPTAdapter(CheckpointAdapter):
         if not file.is_file() or not zipfile.is_zipfile(file):
             return False
         try:
-            content = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError):
+            content = load_torch_file(file, mmap=True)
+        except InputError:
             return False
         return isinstance(content, dict) and "model_args" in content and "model" in content
 

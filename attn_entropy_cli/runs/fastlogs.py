@@ -46,6 +46,7 @@ ONES = 0x0101010101010101
 SPACES = 0x2020202020202020
 LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 POWERS = np.array([10.0**n for n in range(23)])  # every one exact in a double
+COLUMN_TYPES = (np.int32, np.int64, np.int32, np.float64, np.float64)  # split, step, metric, ...
 
 Row = logs.Row
 
@@ -368,7 +369,10 @@ class Reader:
     splits: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, int] = field(default_factory=dict)
     minutes: dict[int, float] = field(default_factory=dict)  # minute key -> its epoch seconds
-    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    total_bytes: int = 0  # the size of the whole log when known, else 0
+    done_bytes: int = 0  # bytes given to `chunk` so far
+    size: int = 0  # rows so far
+    out: list[np.ndarray] = field(default_factory=lambda: [np.empty(0, t) for t in COLUMN_TYPES])
 
     def code(self, names: dict[str, int], name: str) -> int:
         """The code of a split or metric name, a new one when it is new."""
@@ -376,6 +380,7 @@ class Reader:
 
     def chunk(self, data: bytes) -> None:
         """Read the whole lines of `data` (newlines already `\\n`) into rows."""
+        self.done_bytes += len(data) + 1
         buffer = np.zeros(FRONT + len(data) + BACK, dtype=np.uint8)
         buffer[FRONT : FRONT + len(data)] = np.frombuffer(data, dtype=np.uint8)
         breaks = np.flatnonzero(buffer[FRONT : FRONT + len(data)] == 10) + FRONT
@@ -461,14 +466,11 @@ class Reader:
             step = int(steps[read_lines[-1]])
         self.step = step
 
-        # every row where its line puts it
+        # every row where its line puts it, straight into the output arrays
         total = int(per_line.sum())
         offsets = np.cumsum(per_line) - per_line
-        split = np.full(total, progress, dtype=np.int32)
-        metric = np.empty(total, dtype=np.int32)
-        step = np.empty(total, dtype=np.int64)
-        value = np.empty(total, dtype=np.float64)
-        wall_time = np.empty(total, dtype=np.float64)
+        split, step, metric, value, wall_time = self.reserve(total)
+        split[:] = progress
         for number, matched in found:
             template = self.templates[number]
             codes = np.array([self.code(self.metrics, m) for _, m in template.rows], np.int32)
@@ -484,7 +486,21 @@ class Reader:
             metric[at] = [self.code(self.metrics, r[2]) for r in rows]
             value[at] = [r[3] for r in rows]
             wall_time[at] = [r[4] for r in rows]
-        self.parts.append((split, step, metric, value, wall_time))
+        self.size += total
+
+    def reserve(self, rows: int) -> list[np.ndarray]:
+        """The output arrays' next `rows` rows (split, step, metric, value, wall_time)."""
+        need = self.size + rows
+        if need > len(self.out[0]):
+            # room for the rows the rest of the log likely gives, so that rows are copied once at
+            # most (memory is slow to touch, and capacity never written costs none)
+            guess = need * self.total_bytes // max(self.done_bytes, 1) * 9 // 8
+            capacity = max(need, 2 * len(self.out[0]), guess, 1024)
+            grown = [np.empty(capacity, t) for t in COLUMN_TYPES]
+            for new, old in zip(grown, self.out):
+                new[: self.size] = old[: self.size]
+            self.out = grown
+        return [a[self.size : need] for a in self.out]
 
     def generic(self, lines: list[str], step: int | None) -> tuple[list[Row], int | None]:
         """The generic reader's rows of consecutive lines after a Step line of `step`, and the
@@ -501,10 +517,7 @@ class Reader:
 
     def columns(self) -> LogColumns:
         """Every row read so far."""
-        parts = list(zip(*self.parts)) or [
-            [np.empty(0, t)] for t in (np.int32, np.int64, np.int32, float, float)
-        ]
-        split, step, metric, value, wall_time = (np.concatenate(p) for p in parts)
+        split, step, metric, value, wall_time = (a[: self.size] for a in self.out)
         return LogColumns(
             list(self.splits),
             split,
@@ -607,15 +620,17 @@ def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, 
     return ok, step, wall_time, values
 
 
-def read_columns(handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> LogColumns:
-    """The rows of a binary log stream, read `chunk_bytes` at a time.
+def read_columns(
+    handle: BinaryIO, chunk_bytes: int = CHUNK_BYTES, total_bytes: int = 0
+) -> LogColumns:
+    """The rows of a binary log stream of `total_bytes` (0: unknown), read `chunk_bytes` at a time.
 
     Limitations: about 30-60 MB/s of CPU on a 2-core machine (parsing the numbers and checking
     the text around them with numpy costs about 100-170 ns a number), so a 200 MB log takes
     several seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan` values, numbers
     of more than 8 characters in many lines) go through the generic reader one by one.
     """
-    reader = Reader()
+    reader = Reader(total_bytes=total_bytes)
     carry = b""
     while True:
         block = handle.read(chunk_bytes)
@@ -643,7 +658,8 @@ def read_log_columns(path: Path, chunk_bytes: int = CHUNK_BYTES) -> LogColumns:
     """The rows of one console log as columns; the errors of `logs.read_log`."""
     try:
         with open_binary(path) as handle:
-            columns = read_columns(handle, chunk_bytes)
+            size = 0 if isinstance(handle, gzip.GzipFile) else path.stat().st_size
+            columns = read_columns(handle, chunk_bytes, size)
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise InputError(
             f"cannot read log {path}: {error}. Check that the file is complete"
