@@ -232,7 +232,10 @@ def compute(
         bars = []
 
         def progress(done: int, total: int) -> None:
-            # the bar opens with the first batch, so errors before it stay one clean line
+            # the bar opens with the first batch, so errors before it stay one clean line;
+            # it is for a person watching, so a log file or pipe gets none
+            if not sys.stderr.isatty():
+                return
             if not bars:
                 label = "checkpoints" if len(refs) > 1 else "batches"
                 bar = typer.progressbar(length=total, label=label, file=sys.stderr)
