@@ -252,3 +252,27 @@ def test_read_log_table_matches_the_rows(sample_runs):
     table = fastlogs.read_log_table(path)
     assert list(table.columns) == ["split", "step", "metric", "value", "wall_time"]
     assert exact(table.itertuples(index=False, name=None)) == exact(logs.read_log(path))
+
+
+@pytest.mark.parametrize("total_bytes", [0, 1, 10**9])
+def test_output_arrays_grow_or_not_whatever_the_size_hint(total_bytes):
+    data = data_of(log_of(EOLE_064, 300))
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    expected, _ = logs.parse_lines(text)
+    for chunk_bytes in (500, fastlogs.CHUNK_BYTES):
+        got = fastlogs.read_columns(io.BytesIO(data), chunk_bytes, total_bytes)
+        assert exact(got.rows()) == exact(expected)
+
+
+def test_text_longer_than_the_padding_between_numbers():
+    long_name = "x" * (2 * fastlogs.BACK)
+    line = EOLE_064.replace("lr:", f"{long_name}:{' ' * 60}7.5; lr:")
+    lines = log_of(line, 30)
+    lines[5] = lines[5].replace(f":{' ' * 60}7", ":   7")
+    lines[6] = lines[6].replace(f":{' ' * 60}7", ":" + " " * 65 + "7")
+    for chunk_bytes in (64, 3000, fastlogs.CHUNK_BYTES):
+        assert_same(data_of(lines), chunk_bytes)
+        assert_same(data_of(lines)[:-1], chunk_bytes)
+    reader = fastlogs.Reader()
+    reader.chunk(data_of(lines[:6] + lines[7:])[:-1])  # line 6 has too many spaces for it
+    assert len(reader.templates) == 1
