@@ -194,3 +194,15 @@ def load_torch_file(path: Path, unsafe_load_pickle: bool = False, mmap: bool = F
 def place_model(model: torch.nn.Module, options: LoadOptions) -> torch.nn.Module:
     """Move a model to the requested device and dtype and put it in eval mode."""
     return model.to(device=options.device, dtype=check_dtype(options.dtype)).eval()
+
+
+def pad_side(rows: Sequence[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), each (batch, seq), padded on the left or the right."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = True
+    return ids, mask

@@ -20,6 +20,7 @@ from attn_entropy_cli.loaders.base import (
     Example,
     LoadOptions,
     Tokens,
+    pad_side,
     place_model,
 )
 from attn_entropy_cli.loaders.discover import discover_sites
@@ -136,12 +137,7 @@ class GenericAdapter(CheckpointAdapter):
 
     def collate(self, items: Sequence[Tokens]) -> Batch:
         """Right-pad with 0; the mask goes to the model when it takes one."""
-        length = max(len(item["src"]) for item in items)
-        ids = torch.zeros(len(items), length, dtype=torch.long)  # (batch, seq)
-        mask = torch.zeros(len(items), length, dtype=torch.bool)  # (batch, seq)
-        for row, item in enumerate(items):
-            ids[row, : len(item["src"])] = torch.tensor(item["src"], dtype=torch.long)
-            mask[row, : len(item["src"])] = True
+        ids, mask = pad_side([item["src"] for item in items], pad=0, left=False)
         inputs = {"ids": ids}
         if self.extras["takes_mask"]:
             inputs["attention_mask"] = mask.long()

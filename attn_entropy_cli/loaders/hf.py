@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from attn_entropy_cli.capture.sites import AttentionSite
 from attn_entropy_cli.errors import InputError, UsageError
 from attn_entropy_cli.loaders.base import (
@@ -19,6 +17,7 @@ from attn_entropy_cli.loaders.base import (
     Tokens,
     check_dtype,
     named_step,
+    pad_side,
 )
 from attn_entropy_cli.loaders.discover import discover_sites
 
@@ -173,15 +172,3 @@ class HFAdapter(CheckpointAdapter):
             inputs["decoder_attention_mask"] = masks["tgt"].long()
         inputs["use_cache"] = False
         return Batch(inputs, masks, len(items))
-
-
-def pad_side(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), each (batch, seq), padded on the left or the right."""
-    length = max(len(row) for row in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        span = slice(length - len(row), length) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = True
-    return ids, mask

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from attn_entropy_cli.capture.sites import AttentionSite
 from attn_entropy_cli.errors import InputError, UsageError
 from attn_entropy_cli.loaders.base import (
@@ -19,6 +17,7 @@ from attn_entropy_cli.loaders.base import (
     LoadOptions,
     Tokens,
     load_torch_file,
+    pad_side,
     place_model,
 )
 from attn_entropy_cli.loaders.gpt import GPT, GPTConfig
@@ -150,12 +149,7 @@ class NanoGPTAdapter(CheckpointAdapter):
 
     def collate(self, items: Sequence[Tokens]) -> Batch:
         """Right-pad with id 0: causal rows never see the padding after them."""
-        length = max(len(item["src"]) for item in items)
-        ids = torch.zeros(len(items), length, dtype=torch.long)  # (batch, seq)
-        mask = torch.zeros(len(items), length, dtype=torch.bool)  # (batch, seq)
-        for row, item in enumerate(items):
-            ids[row, : len(item["src"])] = torch.tensor(item["src"], dtype=torch.long)
-            mask[row, : len(item["src"])] = True
+        ids, mask = pad_side([item["src"] for item in items], pad=0, left=False)
         return Batch({"idx": ids}, {"src": mask}, len(items))
 
 
