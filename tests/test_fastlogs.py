@@ -230,6 +230,49 @@ def test_parse_numbers_reads_as_float_does():
             assert i == int(run), run
 
 
+def test_parse_columns_reads_as_float_does():
+    import numpy as np
+
+    rng = random.Random(7)
+    firsts = [b"682.40", b"35.5", b"0.000", b"12345678", b"7", b"2.50e-02", b"1.", b".5", b"+5"]
+    firsts += [b"1.2.3", b"123456789", b"00", b"1.5e3", b"-0.0", b"9999.999"]
+    columns = []
+    for first in firsts:
+        column = [first]
+        for _ in range(300):
+            kind = rng.random()
+            if kind < 0.5:  # the first run's layout with other digits
+                text = "".join(
+                    rng.choice("0123456789") if c in b"0123456789" else chr(c) for c in first
+                )
+            elif kind < 0.8:
+                text = f"{rng.uniform(0, 1e4):.{rng.randint(0, 7)}f}"
+            else:
+                text = "".join(rng.choice("0123456789.+-eE") for _ in range(rng.randint(1, 9)))
+            column.append(text.encode())
+        columns.append(column)
+    data, starts, ends = bytearray(fastlogs.FRONT), [], []
+    for column in columns:
+        for run in column:
+            data += b";"
+            starts.append(len(data))
+            data += run
+            ends.append(len(data))
+    buffer = np.frombuffer(bytes(data + bytes(fastlogs.BACK)), dtype=np.uint8)
+    shape = (len(columns), len(columns[0]))
+    parsed = fastlogs.parse_columns(
+        buffer, np.array(starts).reshape(shape), np.array(ends).reshape(shape)
+    )
+    runs = [run for column in columns for run in column]
+    for run, v, ok, w, i in zip(runs, *(a.reshape(-1) for a in parsed)):
+        assert ok == fastlogs.is_number(run.decode()), run
+        if ok:
+            assert struct.pack("<d", v) == struct.pack("<d", float(run)), run
+        assert w == run.isdigit(), run
+        if w:
+            assert i == int(run), run
+
+
 def test_read_log_table_errors_are_read_logs(tmp_path):
     empty = tmp_path / "empty.log"
     empty.write_text("")

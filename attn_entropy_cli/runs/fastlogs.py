@@ -10,7 +10,9 @@ The log is read in chunks (8 MB), so memory follows the result, not the file. In
 - Every line of a known shape is checked byte for byte with numpy (the text between runs, the
   spaces that may vary, the digits of the time stamp) and its numbers are parsed with numpy:
   eight bytes at a time, read exactly as Python's `float()` reads them (a mantissa of at most
-  8 digits times or over an exact power of ten is rounded once, so the result is the same).
+  8 digits times or over an exact power of ten is rounded once, so the result is the same);
+  the numbers of a column with the layout (length, dot place) of its first one with fixed
+  masks, the others by the general bit tricks.
 - Any other line (validation blocks, other messages, a line of an unknown shape, `nan`, long
   numbers, bad dates) is read by `logs.parse_lines` itself, in file order, with the step of the
   last Step line before it.
@@ -18,6 +20,7 @@ The log is read in chunks (8 MB), so memory follows the result, not the file. In
 
 from __future__ import annotations
 
+import functools
 import gzip
 import mmap
 import re
@@ -34,7 +37,7 @@ from attn_entropy_cli.runs import frames, logs
 
 CHUNK_BYTES = 8 << 20
 MAX_TEMPLATES = 32  # shapes of Step lines learned per file; lines of other shapes go one by one
-BATCH_LINES = 4096  # Step lines checked and parsed together
+BATCH_LINES = 2048  # Step lines checked and parsed together (their arrays stay in cache)
 MAX_SPACES = 64  # a longer run of spaces inside a Step line sends the line to the generic reader
 FRONT = 8  # zero bytes before a chunk, so an eight-byte read ending at a run never starts before it
 BACK = 128  # zero bytes after it, so reads from a line's end up to BACK - 8 on need no clipping
@@ -52,6 +55,7 @@ ONES = 0x0101010101010101
 SPACES = 0x2020202020202020
 LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 POWERS = np.array([10.0**n for n in range(23)])  # every one exact in a double
+TEXT_SLOTS = ("literal", "stamp")  # runs checked as text, not read as numbers
 COLUMN_TYPES = (np.int32, np.int64, np.int32, np.float64, np.float64)  # split, step, metric, ...
 
 Row = logs.Row
@@ -271,6 +275,63 @@ def parse_numbers(buffer: np.ndarray, start: np.ndarray, end: np.ndarray):
     return value, readable, whole, integer
 
 
+NO_LAYOUT = (0, 0, 0, 0, -1)  # a layout no run matches
+
+
+def layout(run: bytes) -> tuple[int, int, int, int, int]:
+    """(pattern, dot byte, bytes before the dot, decimals, length) masks of a plain number run."""
+    # plain: at most 8 digits with at most one dot between digits; the masks are of the
+    # little-endian word whose last byte is the run's last
+    dot = run.find(b".")
+    if len(run) > 8 or not run.replace(b".", b"", 1).isdigit() or dot in (0, len(run) - 1):
+        return NO_LAYOUT
+    shift = 8 * (8 - len(run))
+    pattern = int.from_bytes(run.translate(DIGITS_TO_ZERO), "little") << shift
+    if dot < 0:
+        return pattern, 0, 0, 0, len(run)
+    return (
+        pattern,
+        0xFF << (shift + 8 * dot),
+        (1 << (shift + 8 * dot)) - 1,
+        len(run) - dot - 1,
+        len(run),
+    )
+
+
+DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+
+
+def parse_columns(buffer: np.ndarray, start: np.ndarray, end: np.ndarray):
+    """`parse_numbers` of runs (columns, lines), most of each column read by fixed masks."""
+    # a column's numbers mostly share a layout (length, dot position): checked and read with
+    # constant masks in a few operations; the rest take the generic path
+    length = end - start
+    text = unaligned(buffer)[end - 8]
+    # the layout of each column's first run is tried on all of the column
+    layouts = [layout(buffer[start[k, 0] : end[k, 0]].tobytes()) for k in range(len(start))]
+    pattern, dot, left, decimals, size = (np.array(c)[:, None] for c in zip(*layouts))
+    keep = [(2**64 - (1 << 8 * (8 - n))) if n > 0 else 0 for n in size[:, 0].tolist()]
+    keep = np.array(keep, dtype=np.uint64)[:, None]
+    # x <= 9 (digits; all run bytes are at most 0x75 after the xor) and x == 0 (the dot) without
+    # a carry between bytes
+    carry = np.uint64(0x7676767676767676) + dot.astype(np.uint64) // np.uint64(255) * np.uint64(9)
+    digits = (text & keep) ^ pattern.astype(np.uint64)
+    fits = (length == size) & (((digits + carry) & np.uint64(0x8080808080808080)) == 0)
+    left = left.astype(np.uint64)
+    mantissa = eight_digits(((digits & left) << np.uint64(8)) | (digits & ~left))
+    value = mantissa.astype(np.float64) / POWERS[decimals]
+    whole = fits & (decimals == 0)
+    integer = mantissa.astype(np.int64)
+    readable = fits.copy()
+    rest = np.flatnonzero(~fits)  # flat indices: a tuple of index arrays is slower
+    if len(rest):
+        flat = [a.reshape(-1) for a in (value, readable, whole, integer)]
+        parts = parse_numbers(buffer, start.reshape(-1)[rest], end.reshape(-1)[rest])
+        for out, part in zip(flat, parts):
+            out[rest] = part
+    return value, readable, whole, integer
+
+
 def exponent_parts(values, digit, exp, dot, minus):
     """(readable, mantissa, power of ten) of runs with an e: the digits before it with the dot
     taken out, and the signed digits after it less those after the dot."""
@@ -393,6 +454,7 @@ class Reader:
     size: int = 0  # rows so far
     out: list[np.ndarray] = field(default_factory=lambda: [np.empty(0, t) for t in COLUMN_TYPES])
     memory: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # chunk buffers
+    changes: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # run edges
 
     def code(self, names: dict[str, int], name: str) -> int:
         """The code of a split or metric name, a new one when it is new."""
@@ -414,10 +476,21 @@ class Reader:
 
         # runs of number characters, and which of them each line holds
         number = PAIR_IS_NUMBER[self.memory[: size + (size & 1)].view("<u2")].view(bool)
-        edges = np.flatnonzero(number[1:] != number[:-1]) + 1
+        # into a kept buffer, with the change at i stored at i (no `+ 1` pass): fresh large
+        # arrays cost a page fault per page
+        if len(self.changes) < len(number):
+            self.changes = untouched(len(self.memory) + 1, bool)
+        changes = self.changes[: len(number)]
+        changes[0] = False
+        np.not_equal(number[1:], number[:-1], out=changes[1:])
+        edges = np.flatnonzero(changes)
         run_starts, run_ends = edges[0::2], edges[1::2]
-        first = np.searchsorted(run_starts, starts)
-        count = np.searchsorted(run_starts, ends) - first
+        # runs begun before a position: half the edges before it, rounded up (on `edges` itself,
+        # as searchsorted copies a strided array on every call; in int32, half the cache misses)
+        index = np.int32 if size < 1 << 31 else np.int64
+        sorted_edges = edges.astype(index)
+        first = (np.searchsorted(sorted_edges, starts.astype(index)) + 1) >> 1
+        count = ((np.searchsorted(sorted_edges, ends.astype(index)) + 1) >> 1) - first
 
         which = np.full(len(starts), -1)
         found: list[tuple[int, Matched]] = []
@@ -499,11 +572,23 @@ class Reader:
         for number, matched in found:
             template = self.templates[number]
             codes = np.array([self.code(self.metrics, m) for _, m in template.rows], np.int32)
-            at = offsets[matched.lines][:, None] + np.arange(len(codes))
-            metric[at] = codes
-            step[at] = matched.step[:, None]
-            value[at] = matched.values
-            wall_time[at] = matched.wall_time[:, None]
+            # runs of consecutive lines fill consecutive rows: copied as blocks, not scattered
+            cuts = np.flatnonzero(np.diff(matched.lines) != 1) + 1
+            if len(cuts) > len(matched.lines) >> 6:
+                at = offsets[matched.lines][:, None] + np.arange(len(codes))
+                metric[at] = codes
+                step[at] = matched.step[:, None]
+                value[at] = matched.values
+                wall_time[at] = matched.wall_time[:, None]
+                continue
+            bounds = [0, *cuts.tolist(), len(matched.lines)]
+            for i, j in zip(bounds[:-1], bounds[1:]):
+                at = slice(int(offsets[matched.lines[i]]), None)
+                at = slice(at.start, at.start + (j - i) * len(codes))
+                metric[at].reshape(j - i, len(codes))[:] = codes
+                step[at].reshape(j - i, len(codes))[:] = matched.step[i:j, None]
+                value[at] = matched.values[i:j].reshape(-1)
+                wall_time[at].reshape(j - i, len(codes))[:] = matched.wall_time[i:j, None]
         for rows, group in zip(generic, groups):
             at = slice(offsets[group[0]], offsets[group[0]] + len(rows))
             split[at] = [self.code(self.splits, r[0]) for r in rows]
@@ -598,38 +683,75 @@ class Reader:
         return self.minutes[key]
 
 
+@functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
+def text_plan(template: Template):
+    """A template's text checks as arrays, so that each kind is one operation on all gaps."""
+    # positions: rows of [starts, run ends (runs), run starts (runs), ends]; gap k runs from row
+    # k to row runs + 1 + k
+    runs = len(template.slots)
+    low = np.array([g.min_spaces if g.flexible else 0 for g in template.gaps])[:, None]
+    high = np.array([MAX_SPACES if g.flexible else 0 for g in template.gaps])[:, None]
+    size = np.array([len(g.text) for g in template.gaps])[:, None]
+    fixed = [(k, len(s.text)) for k, s in enumerate(template.slots) if s.kind in TEXT_SLOTS]
+    rows, offsets, patterns, masks = [], [], [], []
+    pieces = [(k, g.text) for k, g in enumerate(template.gaps)]
+    pieces += [(runs + 1 + k, s.text) for k, s in enumerate(template.slots) if s.kind == "literal"]
+    for row, text in pieces:
+        for offset in range(0, len(text), 8):
+            part = text[offset : offset + 8]
+            rows.append(row)
+            offsets.append(offset)
+            patterns.append(int.from_bytes(part, "little"))
+            masks.append(int(LOW_BYTES[len(part)]))
+    flexible = [k for k, g in enumerate(template.gaps) if g.flexible]
+    return (
+        low,
+        high,
+        size,
+        np.array([k for k, _ in fixed], dtype=np.intp),
+        np.array([n for _, n in fixed])[:, None],
+        np.array(rows, dtype=np.intp),
+        np.array(offsets)[:, None],
+        np.array(patterns, dtype=np.uint64)[:, None],
+        np.array(masks, dtype=np.uint64)[:, None],
+        np.array(flexible, dtype=np.intp),
+    )
+
+
+def text_fits(template, buffer, starts, ends, run_start, run_end) -> np.ndarray:
+    """Whether each line's text between runs, and its runs that are text, are the template's."""
+    low, high, size, fixed, fixed_size, rows, offsets, patterns, masks, flexible = text_plan(
+        template
+    )
+    runs = len(template.slots)
+    at = np.concatenate([starts[None], run_end, run_start, ends[None]])
+    spaces = at[runs + 1 :] - at[: runs + 1] - size  # (gaps, lines)
+    ok = ((spaces >= low) & (spaces <= high)).all(axis=0)
+    ok &= (at[1 : runs + 1][fixed] - at[runs + 1 : 2 * runs + 1][fixed] == fixed_size).all(axis=0)
+    last = len(buffer) - 8
+    found = unaligned(buffer)[np.minimum(at[rows] + offsets, last)]
+    ok &= ((found & masks) == patterns).all(axis=0)
+    if len(flexible):
+        count = np.clip(spaces[flexible], 0, MAX_SPACES)
+        start = at[flexible] + size[flexible]
+        for offset in range(0, int(count.max(initial=0)), 8):
+            mask = LOW_BYTES[np.clip(count - offset, 0, 8)]
+            found = unaligned(buffer)[np.minimum(start + offset, last)]
+            ok &= ((found & mask) == (np.uint64(SPACES) & mask)).all(axis=0)
+    return ok
+
+
 def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, first):
     """Which of these lines are exactly of the template, and their steps, times and values."""
     runs = first + np.arange(len(template.slots))[:, None]
     run_start, run_end = run_starts[runs], run_ends[runs]  # (runs, lines)
-    ok = np.ones(len(starts), dtype=bool)
-
-    # the text between runs, and runs that are text
-    for k, gap in enumerate(template.gaps):
-        before = starts if k == 0 else run_end[k - 1]
-        after = ends if k == len(template.slots) else run_start[k]
-        size = len(gap.text)
-        if gap.flexible:
-            spaces = after - before - size
-            ok &= (spaces >= gap.min_spaces) & all_spaces(buffer, before + size, spaces, size)
-        else:
-            ok &= after - before == size
-        ok &= same_text(buffer, before, gap.text)
-    for k, slot in enumerate(template.slots):
-        if slot.kind in ("literal", "stamp"):
-            ok &= run_end[k] - run_start[k] == len(slot.text)
-        if slot.kind == "literal":
-            ok &= same_text(buffer, run_start[k], slot.text)
+    ok = text_fits(template, buffer, starts, ends, run_start, run_end)
 
     # numbers
     columns = [
         k for k, slot in enumerate(template.slots) if slot.kind in ("step", "value", "ignored")
     ]
-    value, readable, whole, integer = parse_numbers(
-        buffer, run_start[columns].ravel(), run_end[columns].ravel()
-    )
-    shape = (len(columns), len(starts))
-    value, readable, whole, integer = (a.reshape(shape) for a in (value, readable, whole, integer))
+    value, readable, whole, integer = parse_columns(buffer, run_start[columns], run_end[columns])
     ok &= readable.all(axis=0)
     for i, k in enumerate(columns):
         if template.slots[k].kind in ("step", "ignored"):
@@ -650,8 +772,8 @@ def read_columns(
 ) -> LogColumns:
     """The rows of a binary log stream of `total_bytes` (0: unknown), read `chunk_bytes` at a time.
 
-    Limitations: about 45-60 MB/s of CPU on a 2-core machine (parsing the numbers and checking
-    the text around them with numpy costs about 100-150 ns a number), so a 200 MB log takes
+    Limitations: about 55-70 MB/s of CPU on a 2-core machine (parsing the numbers and checking
+    the text around them with numpy costs about 100 ns a number), so a 200 MB log takes
     several seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan` values, numbers
     of more than 8 characters in many lines) go through the generic reader one by one.
     """
