@@ -8,25 +8,11 @@ import random
 import struct
 
 import pytest
+from test_logs import EOLE_064, EOLE_BEFORE_ENTROPY, EOLE_OLDER, ONMT_2, ONMT_3
 
 from attn_entropy_cli.errors import InputError
 from attn_entropy_cli.runs import fastlogs, logs
 
-EOLE_064 = (
-    "[2026-12-03 16:26:07,446 INFO] Step 100/  400; acc: 35.5; ppl: 72.50; xent: 4.28; "
-    "aux: 0.000; mtp: 0.000; attn_ent: 3.318; lr: 2.50e-02; sents:     320; bsz:  927/ 886/32; "
-    "9460/9045 tok/s;    158 sec;"
-)
-EOLE_OLDER = EOLE_064.replace("mtp: 0.000; ", "")
-EOLE_BEFORE_ENTROPY = EOLE_OLDER.replace("attn_ent: 3.318; ", "")
-ONMT_3 = (
-    "[2023-05-04 10:11:12,345 INFO] Step 100/ 1000; acc: 10.5; ppl: 1234.5; xent: 7.1; "
-    "lr: 0.00275; sents:    1234; bsz: 1234/1230/12; 12345/12300 tok/s;    123 sec;"
-)
-ONMT_2 = (
-    "[2021-02-03 04:05:06,789 INFO] Step 50/100000; acc:   3.95; ppl: 3063.2; xent: 8.0; "
-    "lr: 0.00001; 12345/23456 tok/s;     12 sec"
-)
 APPENDED = EOLE_064.replace("lr:", "new_field: 7.5; lr:") + " BLEU: 23.45 TER: 61.2"
 FORMATS = [EOLE_064, EOLE_OLDER, EOLE_BEFORE_ENTROPY, ONMT_3, ONMT_2, APPENDED]
 VALIDATION = [
