@@ -12,7 +12,7 @@ import pytest
 
 from attn_entropy_cli import runs
 from attn_entropy_cli.errors import AttnentWarning
-from attn_entropy_cli.runs import cache, events, logs
+from attn_entropy_cli.runs import cache, events, fastlogs, logs
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
 
@@ -53,6 +53,7 @@ def test_cached_read_is_the_same(tmp_path, cache_folder, monkeypatch):
 
     monkeypatch.setattr(events, "read_event_file", unread)
     monkeypatch.setattr(logs, "read_log", unread)
+    monkeypatch.setattr(fastlogs, "read_log_table", unread)
     second = read(paths)
     pd.testing.assert_frame_equal(first[0], second[0])
     assert first[1] == second[1]

@@ -188,15 +188,6 @@ def run_entries(
     return read
 
 
-def read_files(
-    run: RunFiles, use_cache: bool = True, entries: dict[Source, Read] | None = None
-) -> pd.DataFrame:
-    """All rows of one run's files; a file that fails is skipped with a warning."""
-    read = run_entries(run, use_cache, entries)
-    frames = [entry.table().assign(**{s.SOURCE: kind}) for kind, entry in read]
-    return pd.concat(frames, ignore_index=True).assign(**{s.RUN: run.name})
-
-
 def merged_codes(entries: list[cache.Entry], field: str) -> tuple[list[str], np.ndarray]:
     """The sorted names of one coded column over entries, and every row's code into them."""
     names = sorted({name for entry in entries for name in getattr(entry, field + "s")})

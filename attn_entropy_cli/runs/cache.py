@@ -69,18 +69,6 @@ class Entry:
             list(messages),
         )
 
-    def table(self) -> pd.DataFrame:
-        """The per-file table."""
-        return frames.file_table(
-            self.splits,
-            self.split_codes,
-            self.metrics,
-            self.metric_codes,
-            self.step,
-            self.value,
-            self.wall_time,
-        )
-
     def replay(self) -> None:
         """Give the warnings that reading the file gave."""
         for message in self.warnings:

@@ -355,32 +355,6 @@ def eight_digits(values: np.ndarray) -> np.ndarray:
     return (values * np.uint64(10000) + (values >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
 
 
-def same_text(buffer: np.ndarray, at: np.ndarray, text: bytes) -> np.ndarray:
-    """Whether the bytes from each position are `text`."""
-    ok = np.ones(len(at), dtype=bool)
-    for offset in range(0, len(text), 8):
-        part = text[offset : offset + 8]
-        mask = LOW_BYTES[len(part)]
-        word = words(buffer, at + offset, offset + 8)
-        ok &= (word & mask) == np.uint64(int.from_bytes(part, "little"))
-    return ok
-
-
-def all_spaces(buffer: np.ndarray, at: np.ndarray, count: np.ndarray, lead: int) -> np.ndarray:
-    """Whether the `count` bytes from each position are spaces (count <= MAX_SPACES); `at` is at
-    most `lead` bytes past a line's end."""
-    ok = (count >= 0) & (count <= MAX_SPACES)
-    count = np.where(ok, count, 0)
-    for offset in range(0, int(count.max(initial=0)), 8):
-        mask = LOW_BYTES[np.clip(count - offset, 0, 8)]
-        word = words(buffer, at + offset, lead + offset + 8)
-        ok &= (word & mask) == (np.uint64(SPACES) & mask)
-    return ok
-
-
-# reading
-
-
 def untouched(length: int, dtype) -> np.ndarray:
     """An array of zeros whose pages are only made when first written."""
     # in small pages: numpy asks for huge pages for large arrays, which the kernel may first
