@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from read_events import platform_line, write_eole_events  # noqa: E402
-from read_logs import VALIDATION, step_line  # noqa: E402
+from read_logs import step_lines  # noqa: E402
 
 
 def write_run(folder: Path, steps: int, seed: int) -> None:
@@ -38,20 +38,7 @@ def write_run(folder: Path, steps: int, seed: int) -> None:
         return
     rng = random.Random(seed)
     events.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for step in range(100, steps + 1, 100):
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(1_796_315_000 + step // 4))
-        prefix = f"[{stamp},{step % 1000:03d} INFO] "
-        lines.append(prefix + step_line(step, steps, rng))
-        if step % 1000 == 0:
-            block = VALIDATION.format(
-                tp=rng.uniform(1, 900),
-                ta=rng.uniform(0, 99),
-                sp=rng.randint(1, 9999),
-                vp=rng.uniform(1, 900),
-                va=rng.uniform(0, 99),
-            )
-            lines.extend(prefix + part for part in block.splitlines())
+    lines = [line for step in range(100, steps + 1, 100) for line in step_lines(step, steps, rng)]
     (folder / "train.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_eole_events(events, steps, seed)
 

@@ -49,30 +49,35 @@ def step_line(step: int, total: int, rng: random.Random) -> str:
     )
 
 
+def step_lines(step: int, steps: int, rng: random.Random) -> list[str]:
+    """The log lines of one step: its Step line, and a validation block every 1,000 steps."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(1_796_315_000 + step // 4))
+    prefix = f"[{stamp},{step % 1000:03d} INFO] "
+    lines = [prefix + step_line(step, steps, rng)]
+    if step % 1000 == 0:
+        block = VALIDATION.format(
+            tp=rng.uniform(1, 900),
+            ta=rng.uniform(0, 99),
+            sp=rng.randint(1, 9999),
+            vp=rng.uniform(1, 900),
+            va=rng.uniform(0, 99),
+        )
+        lines.extend(prefix + part for part in block.splitlines())
+    return lines
+
+
 def write_eole_log(path: Path, steps: int, seed: int = 0) -> None:
     """An EOLE-like console log of `steps` Step lines (see the module docstring)."""
     rng = random.Random(seed)
     head = (ROOT / "sample_runs" / "runA" / "train.log").read_text().splitlines()
     head = [line for line in head if "Step " not in line][:100]
-    base = 1_796_315_000
     tmp = path.with_suffix(".partial")
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write("\n".join(head) + "\n")
         for first in range(1, steps + 1, 10_000):
             lines = []
             for step in range(first, min(first + 10_000, steps + 1)):
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(base + step // 4))
-                prefix = f"[{stamp},{step % 1000:03d} INFO] "
-                lines.append(prefix + step_line(step, steps, rng))
-                if step % 1000 == 0:
-                    block = VALIDATION.format(
-                        tp=rng.uniform(1, 900),
-                        ta=rng.uniform(0, 99),
-                        sp=rng.randint(1, 9999),
-                        vp=rng.uniform(1, 900),
-                        va=rng.uniform(0, 99),
-                    )
-                    lines.extend(prefix + part for part in block.splitlines())
+                lines += step_lines(step, steps, rng)
             handle.write("\n".join(lines) + "\n")
     tmp.replace(path)
 
