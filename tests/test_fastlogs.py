@@ -305,3 +305,26 @@ def test_text_longer_than_the_padding_between_numbers():
     reader = fastlogs.Reader()
     reader.chunk(data_of(lines[:6] + lines[7:])[:-1])  # line 6 has too many spaces for it
     assert len(reader.templates) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lines_with_one_character_changed(seed):
+    # every kind of small damage to a Step line: each line is read by the bulk path or handed to
+    # the generic reader, never read differently
+    rng = random.Random(seed)
+    template = FORMATS[seed % len(FORMATS)]
+    lines = log_of(template, 600, seed=seed)
+    alphabet = " 0123456789.+-eE;:/,[]xs\t"
+    for i in rng.sample(range(1, len(lines)), 300):
+        line = lines[i]
+        at = rng.randrange(line.index("]"), len(line) + 1)  # a bad date raises in both readers
+        kind = rng.random()
+        if kind < 0.35:
+            line = line[:at] + rng.choice(alphabet) + line[at:]
+        elif kind < 0.7:
+            line = line[:at] + line[at + 1 :]
+        else:
+            line = line[:at] + rng.choice(alphabet) + line[at + 1 :]
+        lines[i] = line
+    for chunk_bytes in (3000, fastlogs.CHUNK_BYTES):
+        assert_same(data_of(lines), chunk_bytes)
