@@ -221,7 +221,8 @@ def test_parse_columns_reads_as_float_does():
 
     rng = random.Random(7)
     firsts = [b"682.40", b"35.5", b"0.000", b"12345678", b"7", b"2.50e-02", b"1.", b".5", b"+5"]
-    firsts += [b"1.2.3", b"123456789", b"00", b"1.5e3", b"-0.0", b"9999.999"]
+    firsts += [b"1.2.3", b"123456789", b"00", b"1.5e3", b"-0.0", b"9999.999", b"1.67e+02"]
+    firsts += [b"5E7", b"12.5e-3", b"9.9e-22", b"0.000"]
     columns = []
     for first in firsts:
         column = [first]
@@ -246,8 +247,9 @@ def test_parse_columns_reads_as_float_does():
             ends.append(len(data))
     buffer = np.frombuffer(bytes(data + bytes(fastlogs.BACK)), dtype=np.uint8)
     shape = (len(columns), len(columns[0]))
+    forms = tuple(fastlogs.column_form(column[0]) for column in columns)
     parsed = fastlogs.parse_columns(
-        buffer, np.array(starts).reshape(shape), np.array(ends).reshape(shape)
+        buffer, np.array(starts).reshape(shape), np.array(ends).reshape(shape), forms
     )
     runs = [run for column in columns for run in column]
     for run, v, ok, w, i in zip(runs, *(a.reshape(-1) for a in parsed)):

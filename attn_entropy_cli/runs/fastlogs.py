@@ -56,6 +56,7 @@ SPACES = 0x2020202020202020
 LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 POWERS = np.array([10.0**n for n in range(23)])  # every one exact in a double
 TEXT_SLOTS = ("literal", "stamp")  # runs checked as text, not read as numbers
+NUMBER_SLOTS = ("step", "value", "ignored")
 COLUMN_TYPES = (np.int32, np.int64, np.int32, np.float64, np.float64)  # split, step, metric, ...
 
 Row = logs.Row
@@ -275,61 +276,132 @@ def parse_numbers(buffer: np.ndarray, start: np.ndarray, end: np.ndarray):
     return value, readable, whole, integer
 
 
-NO_LAYOUT = (0, 0, 0, 0, -1)  # a layout no run matches
+HIGH_BITS = np.uint64(0x8080808080808080)
+TOP_BYTES = np.array([(1 << 64) - (1 << (8 * (8 - n))) for n in range(9)], dtype=np.uint64)
+PLAIN = re.compile(rb"[0-9]+(\.[0-9]+)?")
+SCIENTIFIC = re.compile(rb"([0-9]+)(?:\.([0-9]+))?[eE]([+-]?)([0-9]+)")
+DIGIT_CARRY = 0x7676767676767676
 
 
-def layout(run: bytes) -> tuple[int, int, int, int, int]:
-    """(pattern, dot byte, bytes before the dot, decimals, length) masks of a plain number run."""
-    # plain: at most 8 digits with at most one dot between digits; the masks are of the
-    # little-endian word whose last byte is the run's last
+@dataclass(frozen=True)
+class Form:
+    """How the numbers of a column are written, learned from its first: `12.5` (plain: digits
+    with these decimals, up to 8 characters) or `2.50e-02` (scientific: this length).
+
+    The masks are of the little-endian word whose last byte is the run's last."""
+
+    scientific: bool
+    pattern: int  # the characters, digits as "0"
+    carry: int  # per byte 0x76 for a digit (<= 9 after the xor), 0x7F for a dot or an e (== 0)
+    decimals: int  # digits after the dot
+    length: int  # plain: the shortest; scientific: the only length
+    left: int  # the bytes before the dot, once the mantissa's last byte is the top one
+    check: int = 0  # scientific: the bytes the pattern checks, the run's but the exponent sign
+    sign: int = -1  # scientific: the first bit of the exponent sign's byte; -1 without one
+    mantissa: int = 0  # scientific: the bytes of the mantissa
+    shift: int = 0  # scientific: bits that move the mantissa's last byte to the top
+    exponent: int = 0  # scientific: the bytes of the exponent's digits
+
+
+def column_form(run: bytes) -> Form | None:
+    """The form of a column whose first number is `run`; None when it has none of the two."""
+    if len(run) > 8:
+        return None
     dot = run.find(b".")
-    if len(run) > 8 or not run.replace(b".", b"", 1).isdigit() or dot in (0, len(run) - 1):
-        return NO_LAYOUT
-    shift = 8 * (8 - len(run))
-    pattern = int.from_bytes(run.translate(DIGITS_TO_ZERO), "little") << shift
-    if dot < 0:
-        return pattern, 0, 0, 0, len(run)
-    return (
-        pattern,
-        0xFF << (shift + 8 * dot),
-        (1 << (shift + 8 * dot)) - 1,
-        len(run) - dot - 1,
+    if PLAIN.fullmatch(run):
+        if dot < 0:
+            return Form(False, int.from_bytes(b"0" * 8, "little"), DIGIT_CARRY, 0, 1, 0)
+        decimals = len(run) - dot - 1
+        at = 8 * (7 - decimals)  # the dot's byte
+        pattern = int.from_bytes(b"0" * (7 - decimals) + b"." + b"0" * decimals, "little")
+        return Form(False, pattern, DIGIT_CARRY | 0x09 << at, decimals, 2 + decimals, (1 << at) - 1)
+    match = SCIENTIFIC.fullmatch(run)
+    if not match:
+        return None
+    shift = 8 * (8 - len(run))  # the bytes before the run
+    e = match.start(3) - 1
+    sign = 8 * match.start(3) + shift if match.group(3) else -1
+    check = int(TOP_BYTES[len(run)]) & ~(0xFF << sign if sign >= 0 else 0)
+    chars = int.from_bytes(bytes(48 if 48 <= c <= 57 else c for c in run), "little") << shift
+    carry = int.from_bytes(bytes(0x76 if 48 <= c <= 57 else 0x7F for c in run), "little") << shift
+    return Form(
+        True,
+        chars & check,
+        carry & check,
+        len(match.group(2) or b""),
         len(run),
+        (1 << (8 * (8 - e + dot))) - 1 if dot >= 0 else 0,
+        check,
+        sign,
+        ((1 << (8 * e)) - 1) << shift,
+        8 * (len(run) - e),
+        int(TOP_BYTES[len(match.group(4))]),
     )
 
 
-DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+def parse_columns(buffer: np.ndarray, start: np.ndarray, end: np.ndarray, forms: tuple):
+    """`parse_numbers` of runs (columns, lines), most of each column read by fixed masks.
 
-
-def parse_columns(buffer: np.ndarray, start: np.ndarray, end: np.ndarray):
-    """`parse_numbers` of runs (columns, lines), most of each column read by fixed masks."""
-    # a column's numbers mostly share a layout (length, dot position): checked and read with
+    `forms`: of each column, its `Form` or None."""
+    # the numbers of a column are mostly written alike (`%.2f`, `%.2e`): checked and read with
     # constant masks in a few operations; the rest take the generic path
     length = end - start
     text = unaligned(buffer)[end - 8]
-    # the layout of each column's first run is tried on all of the column
-    layouts = [layout(buffer[start[k, 0] : end[k, 0]].tobytes()) for k in range(len(start))]
-    pattern, dot, left, decimals, size = (np.array(c)[:, None] for c in zip(*layouts))
-    keep = [(2**64 - (1 << 8 * (8 - n))) if n > 0 else 0 for n in size[:, 0].tolist()]
-    keep = np.array(keep, dtype=np.uint64)[:, None]
-    # x <= 9 (digits; all run bytes are at most 0x75 after the xor) and x == 0 (the dot) without
-    # a carry between bytes
-    carry = np.uint64(0x7676767676767676) + dot.astype(np.uint64) // np.uint64(255) * np.uint64(9)
-    digits = (text & keep) ^ pattern.astype(np.uint64)
-    fits = (length == size) & (((digits + carry) & np.uint64(0x8080808080808080)) == 0)
-    left = left.astype(np.uint64)
-    mantissa = eight_digits(((digits & left) << np.uint64(8)) | (digits & ~left))
-    value = mantissa.astype(np.float64) / POWERS[decimals]
-    whole = fits & (decimals == 0)
-    integer = mantissa.astype(np.int64)
-    readable = fits.copy()
-    rest = np.flatnonzero(~fits)  # flat indices: a tuple of index arrays is slower
+    value = np.zeros(text.shape)
+    readable = np.zeros(text.shape, dtype=bool)
+    integer = np.zeros(text.shape, dtype=np.int64)
+    whole = np.zeros(text.shape, dtype=bool)
+    plain = [k for k, form in enumerate(forms) if form and not form.scientific]
+    if plain:
+        columns = [forms[k] for k in plain]
+        at = np.array(plain)
+        pattern, carry, decimals, shortest, left = (
+            np.array([getattr(f, name) for f in columns], dtype=dtype)[:, None]
+            for name, dtype in (
+                ("pattern", np.uint64),
+                ("carry", np.uint64),
+                ("decimals", np.intp),
+                ("length", np.int64),
+                ("left", np.uint64),
+            )
+        )
+        n = length[at]
+        digits = (text[at] ^ pattern) & TOP_BYTES[np.clip(n, 0, 8)]
+        fits = (n >= shortest) & (n <= 8) & (((digits + carry) & HIGH_BITS) == 0)
+        mantissa = eight_digits(((digits & left) << np.uint64(8)) | (digits & ~left))
+        value[at] = mantissa.astype(np.float64) / POWERS[decimals]
+        readable[at] = fits
+        whole[at] = fits & (decimals == 0)
+        integer[at] = mantissa.astype(np.int64)
+    for k, form in enumerate(forms):
+        if form and form.scientific:
+            value[k], readable[k] = parse_scientific(form, text[k], length[k])
+    rest = np.flatnonzero(~readable)  # flat indices: a tuple of index arrays is slower
     if len(rest):
         flat = [a.reshape(-1) for a in (value, readable, whole, integer)]
         parts = parse_numbers(buffer, start.reshape(-1)[rest], end.reshape(-1)[rest])
         for out, part in zip(flat, parts):
             out[rest] = part
     return value, readable, whole, integer
+
+
+def parse_scientific(form: Form, text: np.ndarray, length: np.ndarray):
+    """(value, read) of one column's numbers written as `form`, a scientific one."""
+    digits = (text ^ np.uint64(form.pattern)) & np.uint64(form.check)
+    fits = (length == form.length) & (((digits + np.uint64(form.carry)) & HIGH_BITS) == 0)
+    mantissa = (digits & np.uint64(form.mantissa)) << np.uint64(form.shift)
+    left = np.uint64(form.left)
+    mantissa = eight_digits(((mantissa & left) << np.uint64(8)) | (mantissa & ~left))
+    exponent = eight_digits(digits & np.uint64(form.exponent)).astype(np.int64)
+    if form.sign >= 0:
+        sign = (text >> np.uint64(form.sign)) & np.uint64(0xFF)
+        fits &= (sign == ord("+")) | (sign == ord("-"))
+        exponent = np.where(sign == ord("-"), -exponent, exponent)
+    exponent -= form.decimals
+    fits &= np.abs(exponent) <= 22
+    power = POWERS[np.minimum(np.abs(exponent), 22)]
+    value = mantissa.astype(np.float64)
+    return np.where(exponent >= 0, value * power, value / power), fits
 
 
 def exponent_parts(values, digit, exp, dot, minus):
@@ -464,7 +536,7 @@ class Reader:
         index = np.int32 if size < 1 << 31 else np.int64
         sorted_edges = edges.astype(index)
         first = (np.searchsorted(sorted_edges, starts.astype(index)) + 1) >> 1
-        count = ((np.searchsorted(sorted_edges, ends.astype(index)) + 1) >> 1) - first
+        count = np.diff(first, append=len(run_starts))  # no run spans a line break
 
         which = np.full(len(starts), -1)
         found: list[tuple[int, Matched]] = []
@@ -715,6 +787,12 @@ def text_fits(template, buffer, starts, ends, run_start, run_end) -> np.ndarray:
     return ok
 
 
+@functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
+def column_forms(template: Template) -> tuple[Form | None, ...]:
+    """The forms of the numbers of a template's step, value and ignored runs, as in its line."""
+    return tuple(column_form(slot.text) for slot in template.slots if slot.kind in NUMBER_SLOTS)
+
+
 def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, first):
     """Which of these lines are exactly of the template, and their steps, times and values."""
     runs = first + np.arange(len(template.slots))[:, None]
@@ -722,10 +800,11 @@ def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, 
     ok = text_fits(template, buffer, starts, ends, run_start, run_end)
 
     # numbers
-    columns = [
-        k for k, slot in enumerate(template.slots) if slot.kind in ("step", "value", "ignored")
-    ]
-    value, readable, whole, integer = parse_columns(buffer, run_start[columns], run_end[columns])
+    columns = [k for k, slot in enumerate(template.slots) if slot.kind in NUMBER_SLOTS]
+    forms = column_forms(template)
+    value, readable, whole, integer = parse_columns(
+        buffer, run_start[columns], run_end[columns], forms
+    )
     ok &= readable.all(axis=0)
     for i, k in enumerate(columns):
         if template.slots[k].kind in ("step", "ignored"):
