@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from attn_entropy_cli.errors import InputError
-from attn_entropy_cli.runs import frames, logs
+from attn_entropy_cli.runs import allocator, frames, logs
 
 CHUNK_BYTES = 8 << 20
 MAX_TEMPLATES = 32  # shapes of Step lines learned per file; lines of other shapes go one by one
@@ -729,62 +729,148 @@ class Reader:
         return self.minutes[key]
 
 
-@functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
-def text_plan(template: Template):
-    """A template's text checks as arrays, so that each kind is one operation on all gaps."""
-    # positions: rows of [starts, run ends (runs), run starts (runs), ends]; gap k runs from row
-    # k to row runs + 1 + k
+@dataclass
+class Unit:
+    """A stretch of a Step line whose bytes are fixed, but for spaces that may end it: from a
+    line start, a number's end or a run's start, to a number's start, a run's start or the
+    line's end. Its place is given as rows of `text_fits`' positions."""
+
+    start: int
+    text: bytes = b""
+    care: bytes = b""  # 1 where `text` is checked (time stamp digits are checked as a date)
+    end: int = -1
+    flexible: bool = False
+    min_spaces: int = 0
+
+
+def units_of(template: Template) -> list[Unit]:
+    """The units of a template, in line order."""
     runs = len(template.slots)
-    low = np.array([g.min_spaces if g.flexible else 0 for g in template.gaps])[:, None]
-    high = np.array([MAX_SPACES if g.flexible else 0 for g in template.gaps])[:, None]
-    size = np.array([len(g.text) for g in template.gaps])[:, None]
+    units, unit = [], Unit(0)  # rows: line starts, run ends, run starts, line ends
+    for k, gap in enumerate(template.gaps):
+        if unit is None:  # after spaces that may vary, the next run starts a unit
+            unit = Unit(runs + 1 + k)
+        unit.text += gap.text
+        unit.care += b"\1" * len(gap.text)
+        if k == runs or gap.flexible:
+            unit.end = runs + 1 + k if k < runs else 2 * runs + 1
+            unit.flexible, unit.min_spaces = gap.flexible, gap.min_spaces
+            units.append(unit)
+            unit = None
+        if k == runs:
+            break
+        slot = template.slots[k]
+        if slot.kind in NUMBER_SLOTS:
+            if unit is not None:
+                unit.end = runs + 1 + k
+                units.append(unit)
+            unit = Unit(1 + k)
+        elif unit is not None:
+            unit.text += slot.text
+            unit.care += (b"\1" if slot.kind == "literal" else b"\0") * len(slot.text)
+    return units
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """A template's text checks as arrays, so that each kind is one operation on all units.
+
+    Each unit is read by the words from its start that its text needs; spaces after its text go
+    into the last of these words as far as they fit (the `fold` words, last in the arrays), the
+    rest are read eight at a time."""
+
+    starts: np.ndarray  # (units,) rows of unit starts
+    ends: np.ndarray  # (units,) rows of unit ends
+    size: np.ndarray  # (units, 1) length of the text
+    low: np.ndarray  # (units, 1) fewest spaces after it
+    high: np.ndarray  # (units, 1) most spaces after it
+    word_units: np.ndarray  # (words,) the unit of each word
+    offsets: np.ndarray  # (words, 1) its place in the unit
+    patterns: np.ndarray  # (words, 1)
+    masks: np.ndarray  # (words, 1)
+    folds: int  # the last `folds` words may end with spaces
+    fold_units: np.ndarray  # (folds,) their units
+    fold_at: np.ndarray  # (folds, 1) where the text ends in them
+    room: np.ndarray  # (units, 1) spaces the words of each unit hold
+    flexible: np.ndarray  # (flexible units,)
+    fixed: np.ndarray  # (fixed runs,) slots of time stamp parts and text runs
+    fixed_size: np.ndarray  # (fixed runs, 1)
+    stamp_words: int  # the first words, from the line start, that hold the time stamp
+
+
+@functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
+def text_plan(template: Template) -> TextPlan:
+    """The text checks of a template (see `TextPlan`)."""
+    units = units_of(template)
+    words, folds = [], []
+    room = []
+    for u, unit in enumerate(units):
+        count = -(-len(unit.text) // 8)
+        room.append(8 * count - len(unit.text) if unit.flexible else 0)
+        for offset in range(0, 8 * count, 8):
+            part = unit.text[offset : offset + 8]
+            care = int.from_bytes(unit.care[offset : offset + 8], "little") * 255
+            word = (u, offset, int.from_bytes(part, "little") & care, care)
+            last = offset + 8 >= len(unit.text)
+            (folds if last and unit.flexible and room[-1] else words).append(word)
+    stamp_words = 0
+    while stamp_words < len(words) and words[stamp_words][:2] == (0, 8 * stamp_words):
+        stamp_words += 1
+    if units[0].start != 0:
+        stamp_words = 0
+    every = words + folds
     fixed = [(k, len(s.text)) for k, s in enumerate(template.slots) if s.kind in TEXT_SLOTS]
-    rows, offsets, patterns, masks = [], [], [], []
-    pieces = [(k, g.text) for k, g in enumerate(template.gaps)]
-    pieces += [(runs + 1 + k, s.text) for k, s in enumerate(template.slots) if s.kind == "literal"]
-    for row, text in pieces:
-        for offset in range(0, len(text), 8):
-            part = text[offset : offset + 8]
-            rows.append(row)
-            offsets.append(offset)
-            patterns.append(int.from_bytes(part, "little"))
-            masks.append(int(LOW_BYTES[len(part)]))
-    flexible = [k for k, g in enumerate(template.gaps) if g.flexible]
-    return (
-        low,
-        high,
-        size,
-        np.array([k for k, _ in fixed], dtype=np.intp),
-        np.array([n for _, n in fixed])[:, None],
-        np.array(rows, dtype=np.intp),
-        np.array(offsets)[:, None],
-        np.array(patterns, dtype=np.uint64)[:, None],
-        np.array(masks, dtype=np.uint64)[:, None],
-        np.array(flexible, dtype=np.intp),
+    column = lambda values, dtype=np.int64: np.array(values, dtype=dtype)[:, None]  # noqa: E731
+    return TextPlan(
+        starts=np.array([unit.start for unit in units], dtype=np.intp),
+        ends=np.array([unit.end for unit in units], dtype=np.intp),
+        size=column([len(unit.text) for unit in units]),
+        low=column([unit.min_spaces if unit.flexible else 0 for unit in units]),
+        high=column([MAX_SPACES if unit.flexible else 0 for unit in units]),
+        word_units=np.array([w[0] for w in every], dtype=np.intp),
+        offsets=column([w[1] for w in every]),
+        patterns=column([w[2] for w in every], np.uint64),
+        masks=column([w[3] for w in every], np.uint64),
+        folds=len(folds),
+        fold_units=np.array([w[0] for w in folds], dtype=np.intp),
+        fold_at=column([len(units[w[0]].text) - w[1] for w in folds]),
+        room=column(room),
+        flexible=np.array([u for u, unit in enumerate(units) if unit.flexible], dtype=np.intp),
+        fixed=np.array([k for k, _ in fixed], dtype=np.intp),
+        fixed_size=column([n for _, n in fixed]),
+        stamp_words=stamp_words,
     )
 
 
-def text_fits(template, buffer, starts, ends, run_start, run_end) -> np.ndarray:
-    """Whether each line's text between runs, and its runs that are text, are the template's."""
-    low, high, size, fixed, fixed_size, rows, offsets, patterns, masks, flexible = text_plan(
-        template
-    )
+def text_fits(template, buffer, starts, ends, run_start, run_end):
+    """Whether each line's text between numbers, and its runs that are text, are the template's;
+    and the words of the line's start that hold its time stamp (`TextPlan.stamp_words`)."""
+    plan = text_plan(template)
     runs = len(template.slots)
     at = np.concatenate([starts[None], run_end, run_start, ends[None]])
-    spaces = at[runs + 1 :] - at[: runs + 1] - size  # (gaps, lines)
-    ok = ((spaces >= low) & (spaces <= high)).all(axis=0)
-    ok &= (at[1 : runs + 1][fixed] - at[runs + 1 : 2 * runs + 1][fixed] == fixed_size).all(axis=0)
+    start = at[plan.starts]
+    spaces = at[plan.ends] - start - plan.size  # (units, lines)
+    ok = ((spaces >= plan.low) & (spaces <= plan.high)).all(axis=0)
+    fixed = plan.fixed
+    ok &= (at[1 : runs + 1][fixed] - at[runs + 1 : 2 * runs + 1][fixed] == plan.fixed_size).all(0)
     last = len(buffer) - 8
-    found = unaligned(buffer)[np.minimum(at[rows] + offsets, last)]
-    ok &= ((found & masks) == patterns).all(axis=0)
-    if len(flexible):
-        count = np.clip(spaces[flexible], 0, MAX_SPACES)
-        start = at[flexible] + size[flexible]
+    found = unaligned(buffer)[np.minimum(start[plan.word_units] + plan.offsets, last)]
+    plain = len(found) - plan.folds
+    ok &= ((found[:plain] & plan.masks[:plain]) == plan.patterns[:plain]).all(axis=0)
+    if plan.folds:  # these words hold spaces after the text, as many as the line has
+        fold_spaces = np.minimum(spaces[plan.fold_units], 8 - plan.fold_at)
+        spread = LOW_BYTES[np.clip(plan.fold_at + fold_spaces, 0, 8)] & ~LOW_BYTES[plan.fold_at]
+        mask = plan.masks[plain:] | spread
+        pattern = plan.patterns[plain:] | (spread & np.uint64(SPACES))
+        ok &= ((found[plain:] & mask) == pattern).all(axis=0)
+    if len(plan.flexible):  # spaces beyond the words of the text
+        count = np.clip(spaces[plan.flexible] - plan.room[plan.flexible], 0, MAX_SPACES)
+        begin = start[plan.flexible] + plan.size[plan.flexible] + plan.room[plan.flexible]
         for offset in range(0, int(count.max(initial=0)), 8):
             mask = LOW_BYTES[np.clip(count - offset, 0, 8)]
-            found = unaligned(buffer)[np.minimum(start + offset, last)]
-            ok &= ((found & mask) == (np.uint64(SPACES) & mask)).all(axis=0)
-    return ok
+            found_spaces = unaligned(buffer)[np.minimum(begin + offset, last)]
+            ok &= ((found_spaces & mask) == (np.uint64(SPACES) & mask)).all(axis=0)
+    return ok, found[: plan.stamp_words]
 
 
 @functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
@@ -797,7 +883,7 @@ def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, 
     """Which of these lines are exactly of the template, and their steps, times and values."""
     runs = first + np.arange(len(template.slots))[:, None]
     run_start, run_end = run_starts[runs], run_ends[runs]  # (runs, lines)
-    ok = text_fits(template, buffer, starts, ends, run_start, run_end)
+    ok, stamp_words = text_fits(template, buffer, starts, ends, run_start, run_end)
 
     # numbers
     columns = [k for k, slot in enumerate(template.slots) if slot.kind in NUMBER_SLOTS]
@@ -814,7 +900,10 @@ def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, 
 
     # the time stamp
     width = 20 + (1 + template.millis if template.millis else 0) - 1
-    stamp = buffer[starts[:, None] + 1 + np.arange(width)]
+    if 8 * len(stamp_words) >= width + 1:
+        stamp = np.ascontiguousarray(stamp_words.T).view(np.uint8)[:, 1 : width + 1]
+    else:
+        stamp = buffer[starts[:, None] + 1 + np.arange(width)]
     wall_time, good = reader.wall_times(stamp, template.millis)
     ok &= good
     return ok, step, wall_time, values
@@ -830,7 +919,15 @@ def read_columns(
     several seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan` values, numbers
     of more than 8 characters in many lines) go through the generic reader one by one.
     """
-    reader = Reader(total_bytes=total_bytes)
+    allocator.keep_freed_memory()
+    try:
+        return read_chunks(handle, Reader(total_bytes=total_bytes), chunk_bytes)
+    finally:
+        allocator.release()
+
+
+def read_chunks(handle: BinaryIO, reader: Reader, chunk_bytes: int) -> LogColumns:
+    """The rows of a binary log stream, given to `reader` a chunk of whole lines at a time."""
     carry = b""
     while True:
         block = handle.read(chunk_bytes)
