@@ -863,9 +863,11 @@ def text_fits(template, buffer, starts, ends, run_start, run_end):
         mask = plan.masks[plain:] | spread
         pattern = plan.patterns[plain:] | (spread & np.uint64(SPACES))
         ok &= ((found[plain:] & mask) == pattern).all(axis=0)
-    if len(plan.flexible):  # spaces beyond the words of the text
+    if len(plan.flexible):  # spaces beyond the words of the text, in the units that have any
         count = np.clip(spaces[plan.flexible] - plan.room[plan.flexible], 0, MAX_SPACES)
-        begin = start[plan.flexible] + plan.size[plan.flexible] + plan.room[plan.flexible]
+        more = plan.flexible[count.max(axis=1, initial=0) > 0]
+        count = np.clip(spaces[more] - plan.room[more], 0, MAX_SPACES)
+        begin = start[more] + plan.size[more] + plan.room[more]
         for offset in range(0, int(count.max(initial=0)), 8):
             mask = LOW_BYTES[np.clip(count - offset, 0, 8)]
             found_spaces = unaligned(buffer)[np.minimum(begin + offset, last)]

@@ -7,8 +7,11 @@ that line's step.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -57,10 +60,18 @@ def parse_wall_time(date: str, millis: str | None) -> float:
     Limitations: log prefixes carry no time zone, so a log written in another zone is off
     by the difference; steps and values are unaffected.
     """
-    stamp = datetime.strptime(date, "%Y-%m-%d %H:%M:%S").timestamp()
+    zone = (os.environ.get("TZ"), time.timezone, time.altzone, time.tzname)
+    stamp = local_seconds(date, zone)
     if millis:
         stamp += int(millis) / 10 ** len(millis)
     return stamp
+
+
+@functools.lru_cache(maxsize=4096)
+def local_seconds(date: str, zone: tuple) -> float:
+    """Seconds since the epoch of `YYYY-mm-dd HH:MM:SS` in local time; `zone` keys the cache
+    (lines of one second share a date, and `strptime` is slow)."""
+    return datetime.strptime(date, "%Y-%m-%d %H:%M:%S").timestamp()
 
 
 def parse_step_fields(body: str) -> Iterator[tuple[str, float]]:
