@@ -7,6 +7,7 @@ import io
 import random
 import struct
 
+import numpy as np
 import pytest
 from test_logs import EOLE_064, EOLE_BEFORE_ENTROPY, EOLE_OLDER, ONMT_2, ONMT_3
 
@@ -330,3 +331,15 @@ def test_lines_with_one_character_changed(seed):
         lines[i] = line
     for chunk_bytes in (3000, fastlogs.CHUNK_BYTES):
         assert_same(data_of(lines), chunk_bytes)
+
+
+def test_more_metric_names_than_small_codes_hold():
+    # codes are written in int16 while they fit, then in int32
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    names = [a + b + c + d for a in letters[:3] for b in letters for c in letters for d in letters]
+    lines = log_of(EOLE_064, 3)
+    head = lines[1][: lines[1].index("Step")]
+    lines[2:2] = [f"{head}Validation m{name}: {i}.5" for i, name in enumerate(names[:33000])]
+    got = assert_same(data_of(lines), 1 << 18)
+    assert len(got.metrics) > 33000
+    assert got.metric_codes.dtype == np.int32

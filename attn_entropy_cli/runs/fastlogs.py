@@ -57,7 +57,8 @@ LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], d
 POWERS = np.array([10.0**n for n in range(23)])  # every one exact in a double
 TEXT_SLOTS = ("literal", "stamp")  # runs checked as text, not read as numbers
 NUMBER_SLOTS = ("step", "value", "ignored")
-COLUMN_TYPES = (np.int32, np.int64, np.int32, np.float64, np.float64)  # split, step, metric, ...
+# split, step, metric, value, wall_time; codes widen to int32 when there are more names
+COLUMN_TYPES = (np.int8, np.int64, np.int16, np.float64, np.float64)
 
 Row = logs.Row
 
@@ -451,9 +452,9 @@ class LogColumns:
     """The rows of a log as columns: codes into `splits` and `metrics`, and arrays."""
 
     splits: list[str]
-    split_codes: np.ndarray  # (rows,) int32
+    split_codes: np.ndarray  # (rows,) int8 (int32 past 128 names)
     metrics: list[str]
-    metric_codes: np.ndarray  # (rows,) int32
+    metric_codes: np.ndarray  # (rows,) int16 (int32 past 32768 names)
     step: np.ndarray  # (rows,) int64
     value: np.ndarray  # (rows,) float64
     wall_time: np.ndarray  # (rows,) float64
@@ -494,7 +495,7 @@ class Reader:
     orphans: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, int] = field(default_factory=dict)
-    minutes: dict[int, float] = field(default_factory=dict)  # minute key -> its epoch seconds
+    minutes: dict[bytes, float] = field(default_factory=dict)  # minute -> its epoch seconds
     total_bytes: int = 0  # the size of the whole log when known, else 0
     done_bytes: int = 0  # bytes given to `chunk` so far
     size: int = 0  # rows so far
@@ -613,11 +614,18 @@ class Reader:
         # every row where its line puts it, straight into the output arrays
         total = int(per_line.sum())
         offsets = np.cumsum(per_line) - per_line
+        template_codes = [[self.code(self.metrics, m) for _, m in t.rows] for t in self.templates]
+        generic_codes = [
+            (
+                [self.code(self.splits, r[0]) for r in rows],
+                [self.code(self.metrics, r[2]) for r in rows],
+            )
+            for rows in generic
+        ]
         split, step, metric, value, wall_time = self.reserve(total)
         split[:] = progress
         for number, matched in found:
-            template = self.templates[number]
-            codes = np.array([self.code(self.metrics, m) for _, m in template.rows], np.int32)
+            codes = np.array(template_codes[number], dtype=metric.dtype)
             # runs of consecutive lines fill consecutive rows: copied as blocks, not scattered
             cuts = np.flatnonzero(np.diff(matched.lines) != 1) + 1
             if len(cuts) > len(matched.lines) >> 6:
@@ -635,11 +643,11 @@ class Reader:
                 step[at].reshape(j - i, len(codes))[:] = matched.step[i:j, None]
                 value[at] = matched.values[i:j].reshape(-1)
                 wall_time[at].reshape(j - i, len(codes))[:] = matched.wall_time[i:j, None]
-        for rows, group in zip(generic, groups):
+        for rows, group, (split_codes, metric_codes) in zip(generic, groups, generic_codes):
             at = slice(offsets[group[0]], offsets[group[0]] + len(rows))
-            split[at] = [self.code(self.splits, r[0]) for r in rows]
+            split[at] = split_codes
             step[at] = [r[1] for r in rows]
-            metric[at] = [self.code(self.metrics, r[2]) for r in rows]
+            metric[at] = metric_codes
             value[at] = [r[3] for r in rows]
             wall_time[at] = [r[4] for r in rows]
         self.size += total
@@ -647,12 +655,16 @@ class Reader:
     def reserve(self, rows: int) -> list[np.ndarray]:
         """The output arrays' next `rows` rows (split, step, metric, value, wall_time)."""
         need = self.size + rows
-        if need > len(self.out[0]):
+        types = [a.dtype for a in self.out]
+        for k, names in ((0, self.splits), (2, self.metrics)):
+            if len(names) > np.iinfo(types[k]).max + 1:  # codes in fewer bytes are less to write
+                types[k] = np.int32
+        if need > len(self.out[0]) or types != [a.dtype for a in self.out]:
             # room for the rows the rest of the log likely gives, so that rows are copied once at
             # most (memory is slow to touch, and capacity never written costs none)
             guess = need * self.total_bytes // max(self.done_bytes, 1) * 9 // 8
             capacity = max(need, 2 * len(self.out[0]), guess, 1024)
-            grown = [untouched(capacity, t) for t in COLUMN_TYPES]
+            grown = [untouched(capacity, t) for t in types]
             for new, old in zip(grown, self.out):
                 new[: self.size] = old[: self.size]
             self.out = grown
@@ -685,48 +697,49 @@ class Reader:
             self.orphans,
         )
 
-    def wall_times(self, stamp: np.ndarray, millis: int) -> tuple[np.ndarray, np.ndarray]:
-        """Epoch seconds of time stamp bytes (lines, 19 + ...), and which were read."""
-        digits = stamp.astype(np.int64) - 48
+    def wall_times(self, words: np.ndarray, millis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch seconds of the time stamps of lines (the first words of each, (lines, k)), and
+        which were read."""
+        ok = np.ones(len(words), dtype=bool)
+        for j, (pattern, mask, carry) in enumerate(stamp_checks(millis)):
+            digits = (words[:, j] ^ np.uint64(pattern)) & np.uint64(mask)
+            ok &= ((digits + np.uint64(carry)) & HIGH_BITS) == 0
 
-        def number(*columns: int) -> np.ndarray:
-            out = np.zeros(len(stamp), dtype=np.int64)
-            for c in columns:
-                out = out * 10 + digits[:, c]
+        def number(*places: int) -> np.ndarray:
+            out = np.zeros(len(words), dtype=np.int64)
+            for place in places:
+                byte = words[:, place >> 3] >> np.uint64(8 * (place & 7))
+                out = out * 10 + (byte & np.uint64(15)).astype(np.int64)
             return out
 
-        numbered = [
-            c for c in range(19 + (1 + millis if millis else 0)) if c not in (4, 7, 10, 13, 16, 19)
-        ]
-        ok = ((digits[:, numbered] >= 0) & (digits[:, numbered] <= 9)).all(axis=1)
-        ok &= (stamp[:, 4] == ord("-")) & (stamp[:, 7] == ord("-"))
-        second = number(17, 18)
+        second = number(18, 19)
         ok &= second <= 59
-        minute = number(0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15)
-        keys, inverse = np.unique(np.where(ok, minute, 0), return_inverse=True)
-        base = np.array([self.minute(int(k)) for k in keys.tolist()])[inverse]
+        # lines of one minute come together: its epoch seconds are found once a run of them
+        date = words[:, 0], words[:, 1], words[:, 2] & np.uint64(0xFF)  # `[YYYY-mm-dd HH:MM`
+        new = np.logical_or.reduce([part[1:] != part[:-1] for part in date])
+        first = np.concatenate([[0], np.flatnonzero(new) + 1])
+        lines = np.diff(first, append=len(words))
+        text = np.ascontiguousarray(words[first, :3]).view(np.uint8)
+        base = np.repeat([self.minute(bytes(row[1:17])) for row in text], lines)
         ok &= ~np.isnan(base)
         wall_time = base + second
         if millis:
-            fraction = number(*range(20, 20 + millis)) / 10**millis
+            fraction = number(*range(21, 21 + millis)) / 10**millis
             wall_time = wall_time + fraction
         return wall_time, ok
 
-    def minute(self, key: int) -> float:
-        """Epoch seconds of a `YYYYmmddHHMM` minute in local time; NaN where its seconds are not
-        simply added (no such date, or a change of offset inside it)."""
-        if key not in self.minutes:
-            rest, minute = divmod(key, 100)
-            rest, hour = divmod(rest, 100)
-            rest, day = divmod(rest, 100)
-            year, month = divmod(rest, 100)
+    def minute(self, date: bytes) -> float:
+        """Epoch seconds of a `YYYY-mm-dd HH:MM` minute in local time; NaN where its seconds are
+        not simply added (no such date, or a change of offset inside it)."""
+        if date not in self.minutes:
             try:
-                start = datetime(year, month, day, hour, minute).timestamp()
-                end = datetime(year, month, day, hour, minute, 59).timestamp()
+                parts = [int(date[a:b]) for a, b in ((0, 4), (5, 7), (8, 10), (11, 13), (14, 16))]
+                start = datetime(*parts).timestamp()
+                end = datetime(*parts, 59).timestamp()
             except (ValueError, OverflowError, OSError):
                 start = end = float("nan")
-            self.minutes[key] = start if end - start == 59 else float("nan")
-        return self.minutes[key]
+            self.minutes[date] = start if end - start == 59 else float("nan")
+        return self.minutes[date]
 
 
 @dataclass
@@ -875,6 +888,37 @@ def text_fits(template, buffer, starts, ends, run_start, run_end):
     return ok, found[: plan.stamp_words]
 
 
+def stamp_words_of(millis: int) -> int:
+    """Words from a line's start that hold its time stamp (`[YYYY-mm-dd HH:MM:SS,fff`)."""
+    return (20 + (1 + millis if millis else 0)) // 8 + 1
+
+
+@functools.lru_cache(maxsize=8)
+def stamp_checks(millis: int) -> list[tuple[int, int, int]]:
+    """(pattern, mask, carry) of each word of a time stamp: its digits and the date's dashes;
+    the other characters are the template's text, checked with it."""
+    digits = [*range(1, 5), 6, 7, 9, 10, 12, 13, 15, 16, 18, 19, *range(21, 21 + millis)]
+    checks = []
+    for j in range(stamp_words_of(millis)):
+        pattern = mask = carry = 0
+        for place in range(8 * j, 8 * j + 8):
+            shift = 8 * (place - 8 * j)
+            if place in digits:
+                pattern, mask, carry = (
+                    pattern | 48 << shift,
+                    mask | 255 << shift,
+                    carry | 0x76 << shift,
+                )
+            elif place in (5, 8):
+                pattern, mask, carry = (
+                    pattern | 45 << shift,
+                    mask | 255 << shift,
+                    carry | 0x7F << shift,
+                )
+        checks.append((pattern, mask, carry))
+    return checks
+
+
 @functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
 def column_forms(template: Template) -> tuple[Form | None, ...]:
     """The forms of the numbers of a template's step, value and ignored runs, as in its line."""
@@ -901,11 +945,11 @@ def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, 
     values = value[[columns.index(k) for k in template.value_slots]].T
 
     # the time stamp
-    width = 20 + (1 + template.millis if template.millis else 0) - 1
-    if 8 * len(stamp_words) >= width + 1:
-        stamp = np.ascontiguousarray(stamp_words.T).view(np.uint8)[:, 1 : width + 1]
+    count = stamp_words_of(template.millis)
+    if len(stamp_words) >= count:
+        stamp = stamp_words[:count].T
     else:
-        stamp = buffer[starts[:, None] + 1 + np.arange(width)]
+        stamp = unaligned(buffer)[starts[:, None] + 8 * np.arange(count)]
     wall_time, good = reader.wall_times(stamp, template.millis)
     ok &= good
     return ok, step, wall_time, values
