@@ -16,6 +16,7 @@ from attn_entropy_cli.runs import fastlogs, logs
 
 APPENDED = EOLE_064.replace("lr:", "new_field: 7.5; lr:") + " BLEU: 23.45 TER: 61.2"
 FORMATS = [EOLE_064, EOLE_OLDER, EOLE_BEFORE_ENTROPY, ONMT_3, ONMT_2, APPENDED]
+NOTED = EOLE_064.replace("ppl:", "note:   e; ppl:")  # a text run (`e`) after spaces that vary
 VALIDATION = [
     "Train perplexity: 298.919",
     "Train accuracy: 35.5625",
@@ -83,11 +84,20 @@ def test_each_format(template, chunk_bytes):
     assert len(got.step) > 60
 
 
-@pytest.mark.parametrize("template", FORMATS)
-def test_step_lines_take_the_bulk_path(template):
+@pytest.mark.parametrize("template", [*FORMATS, NOTED])
+def test_step_lines_take_the_bulk_path(template, monkeypatch):
+    handed = []
+    generic = fastlogs.Reader.generic
+
+    def recorded(self, lines, step):
+        handed.extend(lines)
+        return generic(self, lines, step)
+
+    monkeypatch.setattr(fastlogs.Reader, "generic", recorded)
     reader = fastlogs.Reader()
     reader.chunk(data_of(log_of(template, 20))[:-1])
     assert len(reader.templates) == 1
+    assert handed and not [line for line in handed if "Step" in line]
 
 
 def test_resumed_run_with_a_version_that_adds_a_field():
@@ -310,12 +320,12 @@ def test_text_longer_than_the_padding_between_numbers():
     assert len(reader.templates) == 1
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_lines_with_one_character_changed(seed):
     # every kind of small damage to a Step line: each line is read by the bulk path or handed to
     # the generic reader, never read differently
     rng = random.Random(seed)
-    template = FORMATS[seed % len(FORMATS)]
+    template = [*FORMATS, NOTED, NOTED][seed]
     lines = log_of(template, 600, seed=seed)
     alphabet = " 0123456789.+-eE;:/,[]xs\t"
     for i in rng.sample(range(1, len(lines)), 300):

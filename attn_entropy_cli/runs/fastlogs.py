@@ -42,7 +42,6 @@ MAX_SPACES = 64  # a longer run of spaces inside a Step line sends the line to t
 FRONT = 8  # zero bytes before a chunk, so an eight-byte read ending at a run never starts before it
 BACK = 128  # zero bytes after it, so reads from a line's end up to BACK - 8 on need no clipping
 NUMBER_RUN = re.compile(r"[0-9.+\-eE]+")
-SEED = "[2000-01-01 00:00:00 INFO] Step {};"  # sets the generic reader's step; gives no rows
 
 IS_NUMBER_BYTE = np.zeros(256, dtype=bool)
 IS_NUMBER_BYTE[list(b"0123456789.+-eE")] = True
@@ -673,7 +672,7 @@ class Reader:
     def generic(self, lines: list[str], step: int | None) -> tuple[list[Row], int | None]:
         """The generic reader's rows of consecutive lines after a Step line of `step`, and the
         step after them."""
-        rows, orphans = logs.parse_lines(lines if step is None else [SEED.format(step), *lines])
+        rows, orphans = logs.parse_lines(lines, step)
         self.orphans += orphans
         for line in reversed(lines):
             match = logs.PREFIX.match(line)
@@ -761,8 +760,6 @@ def units_of(template: Template) -> list[Unit]:
     runs = len(template.slots)
     units, unit = [], Unit(0)  # rows: line starts, run ends, run starts, line ends
     for k, gap in enumerate(template.gaps):
-        if unit is None:  # after spaces that may vary, the next run starts a unit
-            unit = Unit(runs + 1 + k)
         unit.text += gap.text
         unit.care += b"\1" * len(gap.text)
         if k == runs or gap.flexible:
@@ -778,7 +775,9 @@ def units_of(template: Template) -> list[Unit]:
                 unit.end = runs + 1 + k
                 units.append(unit)
             unit = Unit(1 + k)
-        elif unit is not None:
+        else:
+            if unit is None:  # after spaces that may vary, a text run starts a unit
+                unit = Unit(runs + 1 + k)
             unit.text += slot.text
             unit.care += (b"\1" if slot.kind == "literal" else b"\0") * len(slot.text)
     return units

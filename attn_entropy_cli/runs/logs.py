@@ -107,14 +107,13 @@ def parse_step_fields(body: str) -> Iterator[tuple[str, float]]:
                 yield metric_name(key), value
 
 
-def parse_lines(lines: Iterable[str]) -> tuple[list[Row], int]:
+def parse_lines(lines: Iterable[str], step: int | None = None) -> tuple[list[Row], int]:
     """Rows of Step lines and validation blocks, and the count of blocks with no step.
 
     Lines that are not metrics (the printed model tree, continuation lines, other
-    messages) are skipped.
+    messages) are skipped. `step`: that of the Step line before these lines, if any.
     """
     rows: list[Row] = []
-    step: int | None = None
     orphans = 0
     for line in lines:
         match = PREFIX.match(line)
