@@ -791,7 +791,9 @@ class TextPlan:
     into the last of these words as far as they fit (the `fold` words, last in the arrays), the
     rest are read eight at a time."""
 
-    starts: np.ndarray  # (units,) rows of unit starts
+    end_slots: np.ndarray  # (number runs,) the runs whose ends are read: the numbers
+    start_slots: np.ndarray  # the runs whose starts are read: the numbers, then text runs
+    starts: np.ndarray  # (units,) rows of unit starts in the positions read (see `positions`)
     ends: np.ndarray  # (units,) rows of unit ends
     size: np.ndarray  # (units, 1) length of the text
     low: np.ndarray  # (units, 1) fewest spaces after it
@@ -805,8 +807,6 @@ class TextPlan:
     fold_at: np.ndarray  # (folds, 1) where the text ends in them
     room: np.ndarray  # (units, 1) spaces the words of each unit hold
     flexible: np.ndarray  # (flexible units,)
-    fixed: np.ndarray  # (fixed runs,) slots of time stamp parts and text runs
-    fixed_size: np.ndarray  # (fixed runs, 1)
     stamp_words: int  # the first words, from the line start, that hold the time stamp
 
 
@@ -831,11 +831,21 @@ def text_plan(template: Template) -> TextPlan:
     if units[0].start != 0:
         stamp_words = 0
     every = words + folds
-    fixed = [(k, len(s.text)) for k, s in enumerate(template.slots) if s.kind in TEXT_SLOTS]
+    # the positions read: line starts, the ends of numbers, the starts of numbers and of text
+    # runs that begin a unit, line ends (a text run's length follows from its unit's text)
+    runs = len(template.slots)
+    numbers = [k for k, slot in enumerate(template.slots) if slot.kind in NUMBER_SLOTS]
+    texts = sorted({u.start - runs - 1 for u in units if runs < u.start <= 2 * runs} - {*numbers})
+    starts = numbers + texts
+    row = {0: 0, 2 * runs + 1: 1 + len(numbers) + len(starts)}
+    row |= {1 + k: 1 + i for i, k in enumerate(numbers)}
+    row |= {runs + 1 + k: 1 + len(numbers) + i for i, k in enumerate(starts)}
     column = lambda values, dtype=np.int64: np.array(values, dtype=dtype)[:, None]  # noqa: E731
     return TextPlan(
-        starts=np.array([unit.start for unit in units], dtype=np.intp),
-        ends=np.array([unit.end for unit in units], dtype=np.intp),
+        end_slots=np.array(numbers, dtype=np.intp),
+        start_slots=np.array(starts, dtype=np.intp),
+        starts=np.array([row[unit.start] for unit in units], dtype=np.intp),
+        ends=np.array([row[unit.end] for unit in units], dtype=np.intp),
         size=column([len(unit.text) for unit in units]),
         low=column([unit.min_spaces if unit.flexible else 0 for unit in units]),
         high=column([MAX_SPACES if unit.flexible else 0 for unit in units]),
@@ -848,23 +858,32 @@ def text_plan(template: Template) -> TextPlan:
         fold_at=column([len(units[w[0]].text) - w[1] for w in folds]),
         room=column(room),
         flexible=np.array([u for u, unit in enumerate(units) if unit.flexible], dtype=np.intp),
-        fixed=np.array([k for k, _ in fixed], dtype=np.intp),
-        fixed_size=column([n for _, n in fixed]),
         stamp_words=stamp_words,
     )
 
 
-def text_fits(template, buffer, starts, ends, run_start, run_end):
-    """Whether each line's text between numbers, and its runs that are text, are the template's;
-    and the words of the line's start that hold its time stamp (`TextPlan.stamp_words`)."""
-    plan = text_plan(template)
-    runs = len(template.slots)
-    at = np.concatenate([starts[None], run_end, run_start, ends[None]])
+def positions(plan: TextPlan, starts, ends, run_starts, run_ends, first) -> np.ndarray:
+    """The places of lines that a template's checks and numbers need: (rows, lines), the rows
+    being the line starts, `plan.end_slots`' ends, `plan.start_slots`' starts, the line ends."""
+    return np.concatenate(
+        [
+            starts[None],
+            run_ends[first + plan.end_slots[:, None]],
+            run_starts[first + plan.start_slots[:, None]],
+            ends[None],
+        ]
+    )
+
+
+def text_fits(plan: TextPlan, buffer: np.ndarray, at: np.ndarray):
+    """Whether each line's text between numbers, and its runs that are text, are the template's
+    (`at`: see `positions`); and the words of the line's start that hold its time stamp.
+
+    Every byte of a line is checked here or as a number or a time stamp digit, so the runs of a
+    line of the template's run count are where the template has them."""
     start = at[plan.starts]
     spaces = at[plan.ends] - start - plan.size  # (units, lines)
     ok = ((spaces >= plan.low) & (spaces <= plan.high)).all(axis=0)
-    fixed = plan.fixed
-    ok &= (at[1 : runs + 1][fixed] - at[runs + 1 : 2 * runs + 1][fixed] == plan.fixed_size).all(0)
     last = len(buffer) - 8
     found = unaligned(buffer)[np.minimum(start[plan.word_units] + plan.offsets, last)]
     plain = len(found) - plan.folds
@@ -926,15 +945,15 @@ def column_forms(template: Template) -> tuple[Form | None, ...]:
 
 def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, first):
     """Which of these lines are exactly of the template, and their steps, times and values."""
-    runs = first + np.arange(len(template.slots))[:, None]
-    run_start, run_end = run_starts[runs], run_ends[runs]  # (runs, lines)
-    ok, stamp_words = text_fits(template, buffer, starts, ends, run_start, run_end)
+    plan = text_plan(template)
+    at = positions(plan, starts, ends, run_starts, run_ends, first)
+    ok, stamp_words = text_fits(plan, buffer, at)
 
     # numbers
-    columns = [k for k, slot in enumerate(template.slots) if slot.kind in NUMBER_SLOTS]
-    forms = column_forms(template)
+    columns = plan.end_slots.tolist()
+    end = at[1 : 1 + len(columns)]
     value, readable, whole, integer = parse_columns(
-        buffer, run_start[columns], run_end[columns], forms
+        buffer, at[1 + len(columns) : 1 + 2 * len(columns)], end, column_forms(template)
     )
     ok &= readable.all(axis=0)
     for i, k in enumerate(columns):
