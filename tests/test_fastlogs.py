@@ -353,3 +353,8 @@ def test_more_metric_names_than_small_codes_hold():
     got = assert_same(data_of(lines), 1 << 18)
     assert len(got.metrics) > 33000
     assert got.metric_codes.dtype == np.int32
+
+
+def test_number_bytes_are_the_number_characters():
+    every = np.arange(256, dtype=np.uint8)
+    assert bytes(every[fastlogs.number_bytes(every)]) == b"+-.0123456789Ee"
