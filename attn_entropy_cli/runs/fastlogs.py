@@ -578,7 +578,10 @@ class Reader:
         ok, step, wall_time, values = (np.concatenate(p) for p in zip(*parts))
         if not ok.any():
             return
-        matched = Matched(lines[ok], step[ok], wall_time[ok], values[ok])
+        if ok.all():  # the usual case: no copies
+            matched = Matched(lines, step, wall_time, values)
+        else:
+            matched = Matched(lines[ok], step[ok], wall_time[ok], values[ok])
         which[matched.lines] = number
         found.append((number, matched))
 
@@ -806,9 +809,11 @@ class TextPlan:
     folds: int  # the last `folds` words may end with spaces
     fold_units: np.ndarray  # (folds,) their units
     fold_at: np.ndarray  # (folds, 1) where the text ends in them
+    fold_text: np.ndarray  # (folds, 1) the bytes of the text in them
     room: np.ndarray  # (units, 1) spaces the words of each unit hold
     flexible: np.ndarray  # (flexible units,)
     stamp_words: int  # the first words, from the line start, that hold the time stamp
+    reach: int  # how far past a unit's start its words may end
 
 
 @functools.lru_cache(maxsize=4 * MAX_TEMPLATES)
@@ -857,9 +862,11 @@ def text_plan(template: Template) -> TextPlan:
         folds=len(folds),
         fold_units=np.array([w[0] for w in folds], dtype=np.intp),
         fold_at=column([len(units[w[0]].text) - w[1] for w in folds]),
+        fold_text=LOW_BYTES[[len(units[w[0]].text) - w[1] for w in folds]][:, None],
         room=column(room),
         flexible=np.array([u for u, unit in enumerate(units) if unit.flexible], dtype=np.intp),
         stamp_words=stamp_words,
+        reach=max([len(u.text) + 8 for u in units] + [len(u.text) + 7 + MAX_SPACES for u in units]),
     )
 
 
@@ -885,24 +892,23 @@ def text_fits(plan: TextPlan, buffer: np.ndarray, at: np.ndarray):
     start = at[plan.starts]
     spaces = at[plan.ends] - start - plan.size  # (units, lines)
     ok = ((spaces >= plan.low) & (spaces <= plan.high)).all(axis=0)
-    last = len(buffer) - 8
-    found = unaligned(buffer)[np.minimum(start[plan.word_units] + plan.offsets, last)]
+    found = words(buffer, start[plan.word_units] + plan.offsets, plan.reach)
     plain = len(found) - plan.folds
     ok &= ((found[:plain] & plan.masks[:plain]) == plan.patterns[:plain]).all(axis=0)
     if plan.folds:  # these words hold spaces after the text, as many as the line has
-        fold_spaces = np.minimum(spaces[plan.fold_units], 8 - plan.fold_at)
-        spread = LOW_BYTES[np.clip(plan.fold_at + fold_spaces, 0, 8)] & ~LOW_BYTES[plan.fold_at]
+        fold_spaces = np.clip(spaces[plan.fold_units], 0, 8 - plan.fold_at)
+        spread = LOW_BYTES[plan.fold_at + fold_spaces] & ~plan.fold_text
         mask = plan.masks[plain:] | spread
         pattern = plan.patterns[plain:] | (spread & np.uint64(SPACES))
         ok &= ((found[plain:] & mask) == pattern).all(axis=0)
     if len(plan.flexible):  # spaces beyond the words of the text, in the units that have any
-        count = np.clip(spaces[plan.flexible] - plan.room[plan.flexible], 0, MAX_SPACES)
-        more = plan.flexible[count.max(axis=1, initial=0) > 0]
+        most = spaces[plan.flexible].max(axis=1, initial=0)
+        more = plan.flexible[most > plan.room[plan.flexible, 0]]
         count = np.clip(spaces[more] - plan.room[more], 0, MAX_SPACES)
         begin = start[more] + plan.size[more] + plan.room[more]
         for offset in range(0, int(count.max(initial=0)), 8):
             mask = LOW_BYTES[np.clip(count - offset, 0, 8)]
-            found_spaces = unaligned(buffer)[np.minimum(begin + offset, last)]
+            found_spaces = words(buffer, begin + offset, plan.reach)
             ok &= ((found_spaces & mask) == (np.uint64(SPACES) & mask)).all(axis=0)
     return ok, found[: plan.stamp_words]
 
