@@ -507,19 +507,31 @@ class Reader:
         """The code of a split or metric name, a new one when it is new."""
         return names.setdefault(name, len(names))
 
+    def room(self, length: int) -> np.ndarray:
+        """The chunk buffer, with room for `length` bytes of lines after its FRONT zero bytes
+        (what it held is kept)."""
+        # one buffer for every chunk: fresh memory is slow to touch
+        size = FRONT + length + BACK + 1
+        if len(self.memory) < size:
+            grown = untouched(size + (size >> 3), np.uint8)
+            grown[: len(self.memory)] = self.memory
+            self.memory = grown
+        return self.memory
+
     def chunk(self, data: bytes) -> None:
         """Read the whole lines of `data` (newlines already `\\n`) into rows."""
-        self.done_bytes += len(data) + 1
-        # one buffer for every chunk: fresh memory is slow to touch; its FRONT bytes stay zero
-        size = FRONT + len(data) + BACK
-        if len(self.memory) < size + 1:
-            self.memory = untouched(size + 1 + (size >> 3), np.uint8)
+        self.room(len(data))[FRONT : FRONT + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.lines(len(data))
+
+    def lines(self, length: int) -> None:
+        """Read the whole lines in the chunk buffer's `length` bytes after FRONT into rows."""
+        self.done_bytes += length + 1
+        size = FRONT + length + BACK
         buffer = self.memory[:size]
-        buffer[FRONT : FRONT + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        self.memory[FRONT + len(data) : size + 1] = 0
-        breaks = np.flatnonzero(buffer[FRONT : FRONT + len(data)] == 10) + FRONT
+        self.memory[FRONT + length : size + 1] = 0
+        breaks = np.flatnonzero(buffer[FRONT : FRONT + length] == 10) + FRONT
         starts = np.concatenate([[FRONT], breaks + 1])
-        ends = np.concatenate([breaks, [FRONT + len(data)]])
+        ends = np.concatenate([breaks, [FRONT + length]])
 
         # runs of number characters, and which of them each line holds
         number = number_bytes(self.memory[: size + 1])
@@ -998,21 +1010,31 @@ def read_columns(
 
 
 def read_chunks(handle: BinaryIO, reader: Reader, chunk_bytes: int) -> LogColumns:
-    """The rows of a binary log stream, given to `reader` a chunk of whole lines at a time."""
-    carry = b""
+    """The rows of a binary log stream, given to `reader` a chunk of whole lines at a time.
+
+    The stream is read straight into the reader's chunk buffer; the part line after a chunk's
+    last newline moves to the buffer's front for the next."""
+    held = 0  # bytes in the buffer after FRONT: the part line carried over, then what was read
     while True:
-        block = handle.read(chunk_bytes)
-        data = carry + block
-        if b"\r" in data:
-            data = data.replace(b"\r", b"\n")  # the empty lines this makes are skipped
-        if not block:
-            if data:
-                reader.chunk(data)
+        memory = reader.room(held + chunk_bytes)
+        count = handle.readinto(memoryview(memory)[FRONT + held : FRONT + held + chunk_bytes])
+        new = memory[FRONT + held : FRONT + held + count]
+        new[new == 13] = 10  # `\r` ends lines too; the empty lines this makes are skipped
+        held += count
+        if not count:
+            if held:
+                reader.lines(held)
             return reader.columns()
-        cut = data.rfind(b"\n") + 1
-        carry = data[cut:]
-        if cut:
-            reader.chunk(data[: cut - 1])
+        newlines = np.flatnonzero(new[-4096:] == 10)  # the last line is rarely longer
+        if not len(newlines):
+            newlines = np.flatnonzero(new == 10)
+        if not len(newlines):
+            continue  # a line longer than a chunk
+        cut = held - count + max(count - 4096, 0) + int(newlines[-1])  # the last newline
+        carried = memory[FRONT + cut + 1 : FRONT + held].copy()
+        reader.lines(cut)
+        memory[FRONT : FRONT + len(carried)] = carried
+        held = len(carried)
 
 
 def open_binary(path: Path) -> BinaryIO:
