@@ -490,6 +490,7 @@ class Reader:
     """The state carried from chunk to chunk: templates, the last step, the rows so far."""
 
     templates: list[Template] = field(default_factory=list)
+    plans: list = field(default_factory=list)  # of each template, its text plan and forms
     unreadable: set[str] = field(default_factory=set)  # shapes no template could be learned of
     step: int | None = None
     orphans: int = 0
@@ -569,6 +570,7 @@ class Reader:
                 self.unreadable.add(shape_key(text))
                 continue
             self.templates.append(template)
+            self.plans.append((text_plan(template), column_forms(template)))
             self.match(*args, len(self.templates) - 1)
             if which[line] < 0:  # its own line has a bad time stamp: read by the generic reader
                 self.unreadable.add(shape_key(text))
@@ -583,7 +585,7 @@ class Reader:
         # a few thousand lines at a time, so that the temporary arrays stay in the CPU's cache
         parts = [
             read_template(
-                self, template, buffer, starts[at], ends[at], run_starts, run_ends, first[at]
+                self, number, buffer, starts[at], ends[at], run_starts, run_ends, first[at]
             )
             for at in np.array_split(lines, -(-len(lines) // BATCH_LINES))
         ]
@@ -962,9 +964,10 @@ def column_forms(template: Template) -> tuple[Form | None, ...]:
     return tuple(column_form(slot.text) for slot in template.slots if slot.kind in NUMBER_SLOTS)
 
 
-def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, first):
-    """Which of these lines are exactly of the template, and their steps, times and values."""
-    plan = text_plan(template)
+def read_template(reader, number, buffer, starts, ends, run_starts, run_ends, first):
+    """Which of these lines are exactly of template `number`, and their steps, times and
+    values."""
+    template, (plan, forms) = reader.templates[number], reader.plans[number]
     at = positions(plan, starts, ends, run_starts, run_ends, first)
     ok, stamp_words = text_fits(plan, buffer, at)
 
@@ -972,7 +975,7 @@ def read_template(reader, template, buffer, starts, ends, run_starts, run_ends, 
     columns = plan.end_slots.tolist()
     end = at[1 : 1 + len(columns)]
     value, readable, whole, integer = parse_columns(
-        buffer, at[1 + len(columns) : 1 + 2 * len(columns)], end, column_forms(template)
+        buffer, at[1 + len(columns) : 1 + 2 * len(columns)], end, forms
     )
     ok &= readable.all(axis=0)
     for i, k in enumerate(columns):
