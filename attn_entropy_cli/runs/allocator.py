@@ -4,7 +4,7 @@ The bulk readers make and free arrays of a few MB for every chunk of a file. gli
 gives such memory back to the system when it is freed (a large block is its own mapping, and
 the heap is trimmed when its free top grows past a threshold it adjusts as it goes), so every
 chunk faults its pages in again: on the 211 MB log of `benchmarks/read_logs.py` that was
-about 106,000 page faults and about 0.8 CPU seconds of 3.6. With the two thresholds raised,
+about 100,000 page faults and 0.4 CPU seconds of 2.2. With the two thresholds raised,
 freed blocks stay in the heap and the next chunk reuses them; `release` hands the free memory
 back once a file is read.
 

@@ -1,18 +1,20 @@
 """Reading console logs in bulk, with exactly the rows of the generic reader `logs.parse_lines`.
 
-The log is read in chunks (8 MB), so memory follows the result, not the file. In each chunk:
+The log is read in chunks (8 MB) straight into one buffer, so memory follows the result, not
+the file. In each chunk:
 - The `Step` lines are cut into runs of number characters (`0-9 . + - e E`) and the text
   between them. The shape of the file's own Step lines (the text between the runs, and which
   run is the step, which a value, which part of a name) is learned from a real line by asking
   `logs.parse_lines` how it reads that line with each run changed; an EOLE 0.6.4 line (with
   `mtp:`), an OpenNMT-py line (without `attn_ent:`) or a resumed run whose version added a
   field are each one more shape.
-- Every line of a known shape is checked byte for byte with numpy (the text between runs, the
-  spaces that may vary, the digits of the time stamp) and its numbers are parsed with numpy:
-  eight bytes at a time, read exactly as Python's `float()` reads them (a mantissa of at most
-  8 digits times or over an exact power of ten is rounded once, so the result is the same);
-  the numbers of a column with the layout (length, dot place) of its first one with fixed
-  masks, the others by the general bit tricks.
+- Every line of a known shape is checked byte for byte with numpy, eight bytes at a time: the
+  text between numbers as units (fixed text and the spaces that may follow it, a word or two
+  each), the digits of the time stamp from the words that hold it. Its numbers are parsed with
+  numpy exactly as Python's `float()` reads them (a mantissa of at most 8 digits times or over
+  an exact power of ten is rounded once, so the result is the same): those written as the
+  template's own (`%.2f` of any width, `%.2e`) with fixed masks, the others by the general
+  bit tricks.
 - Any other line (validation blocks, other messages, a line of an unknown shape, `nan`, long
   numbers, bad dates) is read by `logs.parse_lines` itself, in file order, with the step of the
   last Step line before it.
@@ -1000,10 +1002,11 @@ def read_columns(
 ) -> LogColumns:
     """The rows of a binary log stream of `total_bytes` (0: unknown), read `chunk_bytes` at a time.
 
-    Limitations: about 55-70 MB/s of CPU on a 2-core machine (parsing the numbers and checking
-    the text around them with numpy costs about 100 ns a number), so a 200 MB log takes
-    several seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan` values, numbers
-    of more than 8 characters in many lines) go through the generic reader one by one.
+    Limitations: about 100 MB/s of CPU on a 2-core machine (checking and parsing with numpy
+    costs about 60 ns a number, and a row's 27 bytes of fresh memory about 25 ns), so a 200 MB
+    log takes about 2 seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan`
+    values, numbers of more than 8 characters in many lines) go through the generic reader one
+    by one.
     """
     allocator.keep_freed_memory()
     try:
