@@ -1003,7 +1003,7 @@ def read_columns(
     """The rows of a binary log stream of `total_bytes` (0: unknown), read `chunk_bytes` at a time.
 
     Limitations: about 100 MB/s of CPU on a 2-core machine (checking and parsing with numpy
-    costs about 60 ns a number, and a row's 27 bytes of fresh memory about 25 ns), so a 200 MB
+    costs about 70 ns a number, and a row's 27 bytes of fresh memory about 25 ns), so a 200 MB
     log takes about 2 seconds; lines of shapes not learned (more than MAX_TEMPLATES, `nan`
     values, numbers of more than 8 characters in many lines) go through the generic reader one
     by one.
