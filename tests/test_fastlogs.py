@@ -358,3 +358,49 @@ def test_more_metric_names_than_small_codes_hold():
 def test_number_bytes_are_the_number_characters():
     every = np.arange(256, dtype=np.uint8)
     assert bytes(every[fastlogs.number_bytes(every)]) == b"+-.0123456789Ee"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lines_with_one_byte_changed(seed):
+    # any byte, non-ASCII ones included, in the stamp's seconds and after them: a byte the
+    # generic reader cannot read as the line's text never passes as a digit or a dash
+    rng = random.Random(seed)
+    lines = [line.encode() for line in log_of([*FORMATS, NOTED][seed], 400, seed=seed)]
+    others = [b for b in range(256) if b not in b"\r\n"]
+    for i in rng.sample(range(1, len(lines)), 250):
+        at = rng.randrange(17, len(lines[i]))  # a bad date raises in both readers
+        lines[i] = lines[i][:at] + bytes([rng.choice(others)]) + lines[i][at + 1 :]
+    data = b"\n".join(lines) + b"\n"
+    for chunk_bytes in (3000, fastlogs.CHUNK_BYTES):
+        assert_same(data, chunk_bytes)
+
+
+@pytest.mark.parametrize("where", ["seconds", "millis"])
+@pytest.mark.parametrize("byte", [0x80, 0xC7, 0xF9, 0xFF])
+def test_a_non_ascii_byte_in_the_stamp_is_not_a_digit(where, byte):
+    lines = [line.encode() for line in log_of(EOLE_064, 20)]
+    at = 19 if where == "seconds" else 23
+    lines[5] = lines[5][:at] + bytes([byte]) + lines[5][at + 1 :]
+    assert_same(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.parametrize("chunk_bytes", [4200, 8192, 10000, 20000, fastlogs.CHUNK_BYTES])
+@pytest.mark.parametrize("last", [False, True])
+def test_lines_longer_than_the_newline_search(chunk_bytes, last):
+    # a chunk whose last bytes hold no newline is cut at the last newline before them
+    lines = log_of(EOLE_064, 60)
+    head = lines[1][: lines[1].index("Step")]
+    long = head + "Validation " + "x" * 9000 + ": 1.5"
+    lines.insert(len(lines) if last else 30, long)
+    data = data_of(lines)
+    assert_same(data, chunk_bytes)
+    assert_same(data[:-1], chunk_bytes)
+
+
+@pytest.mark.parametrize("step", ["9223372036854775807", "9223372036854775808", "9" * 20])
+def test_a_step_beyond_64_bits_is_skipped_as_an_unreadable_step_line(step):
+    lines = log_of(EOLE_064, 30)
+    at = next(i for i, line in enumerate(lines) if "Step 7/" in line)
+    lines[at] = lines[at].replace("Step 7/", f"Step {step}/")  # a validation block follows
+    got = assert_same(data_of(lines))
+    assert (step == "9223372036854775807") == (int(step) in got.step)

@@ -722,7 +722,7 @@ class Reader:
         ok = np.ones(len(words), dtype=bool)
         for j, (pattern, mask, carry) in enumerate(stamp_checks(millis)):
             digits = (words[:, j] ^ np.uint64(pattern)) & np.uint64(mask)
-            ok &= ((digits + np.uint64(carry)) & HIGH_BITS) == 0
+            ok &= ((digits | (digits + np.uint64(carry))) & HIGH_BITS) == 0
 
         def number(*places: int) -> np.ndarray:
             out = np.zeros(len(words), dtype=np.int64)
@@ -1031,12 +1031,13 @@ def read_chunks(handle: BinaryIO, reader: Reader, chunk_bytes: int) -> LogColumn
             if held:
                 reader.lines(held)
             return reader.columns()
-        newlines = np.flatnonzero(new[-4096:] == 10)  # the last line is rarely longer
-        if not len(newlines):
-            newlines = np.flatnonzero(new == 10)
+        searched = max(count - 4096, 0)  # the last line is rarely longer
+        newlines = np.flatnonzero(new[searched:] == 10)
+        if not len(newlines) and searched:
+            searched, newlines = 0, np.flatnonzero(new == 10)
         if not len(newlines):
             continue  # a line longer than a chunk
-        cut = held - count + max(count - 4096, 0) + int(newlines[-1])  # the last newline
+        cut = held - count + searched + int(newlines[-1])  # the last newline
         carried = memory[FRONT + cut + 1 : FRONT + held].copy()
         reader.lines(cut)
         memory[FRONT : FRONT + len(carried)] = carried

@@ -37,6 +37,7 @@ BLOCK_SPLIT = {"Train": "train", "Validation": "valid"}
 # `bsz: 748/ 744/32` is average source tokens, target tokens and sentences per batch
 BSZ_PARTS = ("bsz_src", "bsz_tgt", "bsz_sents")
 
+MAX_STEP = 2**63 - 1  # the largest step the table's int64 column holds
 Row = tuple[str, int, str, float, float]  # (split, step, metric, value, wall_time)
 
 
@@ -125,6 +126,8 @@ def parse_lines(lines: Iterable[str], step: int | None = None) -> tuple[list[Row
             step_match = STEP.match(message)
             if not step_match:
                 continue
+            if int(step_match.group(1)) > MAX_STEP:
+                continue  # no run gets there: damage, not a step, and too large for the table
             step = int(step_match.group(1))
             wall_time = parse_wall_time(date, millis)
             for metric, value in parse_step_fields(step_match.group(2)):
