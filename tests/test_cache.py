@@ -7,11 +7,12 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from attn_entropy_cli import runs
-from attn_entropy_cli.errors import AttnentWarning
+from attn_entropy_cli.errors import AttnentWarning, InputError
 from attn_entropy_cli.runs import cache, events, fastlogs, logs
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
@@ -30,6 +31,11 @@ def read(paths, **options):
         warnings.simplefilter("always")
         table = runs.read_runs(paths, **options)
     return table, [str(w.message) for w in caught if issubclass(w.category, AttnentWarning)]
+
+
+def sources(path):
+    """The (file, kind) pairs of a run: its log, then its event file."""
+    return runs.source_files(runs.find_run(path, path.name))
 
 
 def damaged_run(tmp_path) -> Path:
@@ -111,3 +117,41 @@ def test_cache_commands(cache_folder, capsys):
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("removed 2 cached tables")
     assert cache.info().entries == 0
+
+
+def test_a_damaged_entry_is_read_again(cache_folder):
+    first = read([SAMPLES / "runA"])
+    for stored in cache_folder.glob("*" + cache.SUFFIX):
+        stored.write_bytes(stored.read_bytes()[:-5])  # a disk that lost the entry's end
+    assert all(cache.load(path, kind) is None for path, kind in sources(SAMPLES / "runA"))
+    again = read([SAMPLES / "runA"])
+    pd.testing.assert_frame_equal(first[0], again[0])
+    assert all(cache.load(path, kind) is not None for path, kind in sources(SAMPLES / "runA"))
+
+
+def test_columns_stay_in_the_file_until_joined(cache_folder):
+    read([SAMPLES / "runA"])
+    (log, kind), _ = sources(SAMPLES / "runA")
+    entry = cache.load(log, kind)
+    assert isinstance(entry.value, cache.Column) and len(entry.value) == len(entry.split_codes)
+    table = fastlogs.read_log_table(log)
+    joined = cache.joined([entry.value, entry.value], np.float64)
+    expected = np.sort(table["value"].to_numpy())
+    np.testing.assert_array_equal(np.sort(joined[: len(expected)]), expected)
+    np.testing.assert_array_equal(joined[: len(expected)], joined[len(expected) :])
+
+
+def test_an_entry_removed_before_it_is_joined_is_one_error(cache_folder):
+    read([SAMPLES / "runA"])
+    (log, kind), _ = sources(SAMPLES / "runA")
+    entry = cache.load(log, kind)
+    cache.clear()
+    with pytest.raises(InputError, match=r"^cached table .* went away while it was read"):
+        cache.joined([entry.step], np.int64)
+
+
+def test_clear_removes_entries_of_earlier_formats(cache_folder):
+    cache_folder.mkdir()
+    (cache_folder / ("0" * 40 + ".npz")).write_bytes(b"PK")
+    assert cache.clear().folder == cache_folder
+    assert not list(cache_folder.iterdir())

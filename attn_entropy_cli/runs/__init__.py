@@ -191,36 +191,45 @@ def run_entries(
 def merged_codes(entries: list[cache.Entry], field: str) -> tuple[list[str], np.ndarray]:
     """The sorted names of one coded column over entries, and every row's code into them."""
     names = sorted({name for entry in entries for name in getattr(entry, field + "s")})
-    dtype = frames.code_dtype(len(names))
-    codes = []
+    codes = np.empty(sum(len(entry.step) for entry in entries), frames.code_dtype(len(names)))
+    at = 0
     for entry in entries:
         own = getattr(entry, field + "_codes")
+        here = codes[at : at + len(own)]
         if getattr(entry, field + "s") == names:
-            codes.append(own.astype(dtype, copy=False))  # the common case: the same names
-            continue
-        remap = np.array([names.index(n) for n in getattr(entry, field + "s")] + [0], dtype)
-        codes.append(remap[own])
-    return names, np.concatenate(codes) if codes else np.zeros(0, dtype)
+            here[:] = own  # the common case: the same names
+        else:
+            remap = np.array([names.index(n) for n in getattr(entry, field + "s")], codes.dtype)
+            np.take(remap, own, out=here)
+        at += len(own)
+    return names, codes
 
 
-def drop_uncomputed_entropy(table: pd.DataFrame) -> pd.DataFrame:
-    """Attention entropy of exactly 0 becomes missing: EOLE writes 0.000 when it had no
-    attention weights, which is not a measurement."""
-    zero = ((table[s.METRIC] == s.ATTENTION_ENTROPY) & (table[s.VALUE] == 0.0)).to_numpy()
-    for run, count in table.loc[zero, s.RUN].value_counts(sort=False).items():
-        if count == 0:
-            continue  # a run with no zero, listed because the column is categorical
-        warnings.warn(
-            f"run {run}: {count} attention_entropy values of exactly 0 read as not computed "
-            "(EOLE logs 0.000 when it gets no attention weights)",
-            AttnentWarning,
-            stacklevel=3,
-        )
-    if zero.any():
-        values = table[s.VALUE].to_numpy(copy=True)
-        values[zero] = np.nan
-        table[s.VALUE] = values
-    return table
+def drop_uncomputed_entropy(
+    runs: Sequence[str],
+    run_codes: np.ndarray,
+    metrics: Sequence[str],
+    metric_codes: np.ndarray,
+    value: np.ndarray,
+) -> None:
+    """Attention entropy of exactly 0 becomes missing, in `value` itself: EOLE writes 0.000 when
+    it had no attention weights, which is not a measurement.
+
+    `run_codes`, `metric_codes` and `value`: (rows,), codes into `runs` and `metrics`.
+    """
+    if s.ATTENTION_ENTROPY not in metrics:
+        return
+    zero = value == 0.0
+    zero &= metric_codes == metrics.index(s.ATTENTION_ENTROPY)
+    for run, count in zip(runs, np.bincount(run_codes[zero], minlength=len(runs)).tolist()):
+        if count:
+            warnings.warn(
+                f"run {run}: {count} attention_entropy values of exactly 0 read as not computed "
+                "(EOLE logs 0.000 when it gets no attention weights)",
+                AttnentWarning,
+                stacklevel=3,
+            )
+    value[zero] = np.nan
 
 
 def read_runs(
@@ -256,7 +265,7 @@ def read_runs(
     source = np.concatenate(
         [np.full(len(e.step), kinds.index(kind), np.int8) for read in per_run for kind, e in read]
     )
-    step = np.concatenate([entry.step for entry in all_entries])
+    step = cache.joined([entry.step for entry in all_entries], np.int64)
     counts = [sum(len(entry.step) for _, entry in read) for read in per_run]
     run = np.repeat(np.arange(len(per_run), dtype=frames.code_dtype(len(per_run))), counts)
     keep = []
@@ -287,14 +296,19 @@ def read_runs(
         return values if everything else values[keep]
 
     names_of = {s.RUN: names, s.SOURCE: kinds, s.SPLIT: splits, s.METRIC: metrics}
-    codes_of = {s.RUN: run, s.SOURCE: source, s.SPLIT: split_codes, s.METRIC: metric_codes}
-    columns = {
-        name: pd.Categorical.from_codes(kept(codes_of[name]), names_of[name]) for name in names_of
+    codes_of = {
+        s.RUN: kept(run),
+        s.SOURCE: kept(source),
+        s.SPLIT: kept(split_codes),
+        s.METRIC: kept(metric_codes),
     }
-    columns[s.STEP] = kept(step)
+    columns = {s.STEP: kept(step)}
     for name in (s.VALUE, s.WALL_TIME):
-        columns[name] = kept(np.concatenate([getattr(e, name) for e in all_entries]))
+        columns[name] = kept(cache.joined([getattr(e, name) for e in all_entries], np.float64))
+    # the value column is fresh, not an entry's array: changed in place
+    drop_uncomputed_entropy(names, codes_of[s.RUN], metrics, codes_of[s.METRIC], columns[s.VALUE])
+    for name, codes in codes_of.items():
+        columns[name] = pd.Categorical.from_codes(codes, names_of[name])
     # the arrays are fresh: hand them over rather than let pandas copy them into blocks
     table = pd.DataFrame({name: columns[name] for name in s.RUN_COLUMNS}, copy=False)
-    table = drop_uncomputed_entropy(table)
     return table.astype({s.STEP: "int64", s.VALUE: "float64", s.WALL_TIME: "float64"})
