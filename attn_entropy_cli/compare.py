@@ -58,52 +58,78 @@ def labels(column: pd.Series) -> tuple[np.ndarray, list[str]]:
 def present(column: pd.Series) -> list[str]:
     """The sorted distinct labels of a column, without a pass over Python strings."""
     codes, names = labels(column)
-    seen = np.bincount(codes[codes >= 0], minlength=len(names)) > 0
+    seen = np.zeros(len(names) + 1, dtype=bool)
+    seen[codes] = True  # a missing label's -1 marks the extra last place
     return sorted(name for name, here in zip(names, seen) if here)
 
 
-def sorted_keys(table: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The given rows ordered by (run, split, metric, step, TensorBoard last), and group codes.
+@dataclass(frozen=True)
+class Keys:
+    """The key columns of a run table as arrays, (rows,) each."""
 
-    Returns (order, group): `order` indexes the table; `group[i]` numbers the
-    (run, split, metric) of row `order[i]`.
+    labels: tuple[tuple[np.ndarray, list[str]], ...]  # (codes, names) of run, split and metric
+    step: np.ndarray
+    tensorboard: np.ndarray  # whether the row is TensorBoard's
+
+    @classmethod
+    def of(cls, table: pd.DataFrame) -> Keys:
+        """The keys of a run table."""
+        source_codes, sources = labels(table[s.SOURCE])
+        tensorboard = sources.index(s.SOURCE_TENSORBOARD) if s.SOURCE_TENSORBOARD in sources else -2
+        return cls(
+            tuple(labels(table[c]) for c in KEY),
+            table[s.STEP].to_numpy(),
+            source_codes == tensorboard,
+        )
+
+
+def sorted_keys(keys: Keys, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The given rows ordered by (run, split, metric, step, TensorBoard last).
+
+    Returns (order, group, step): `order` indexes the table; `group[i]` numbers the
+    (run, split, metric) of row `order[i]`, and `step[i]` is its step.
     """
-    parts = [labels(table[c])[0][rows].astype(np.int64) for c in (s.RUN, s.SPLIT, s.METRIC)]
-    step = table[s.STEP].to_numpy()[rows]
-    tensorboard = (table[s.SOURCE] == s.SOURCE_TENSORBOARD).to_numpy()[rows]
-    sizes = [int(p.max()) + 1 if len(p) else 1 for p in parts]
-    # in place: on tens of millions of rows, fresh temporaries cost more than the arithmetic
-    group = parts[0]
-    group *= sizes[1]
-    group += parts[1]
-    group *= sizes[2]
-    group += parts[2]
+    codes = [codes[rows] for codes, _ in keys.labels]
+    sizes = [int(c.max()) + 1 if len(c) else 1 for c in codes]
+    step = keys.step[rows]
     low = int(step.min()) if len(step) else 0
     span = int(step.max()) - low + 1 if len(step) else 1
-    if math.prod(sizes) * span * 2 < 2**62:
-        # one integer key; the rows come in long sorted stretches, which a stable sort merges
-        key = group * span
-        key += step
-        key -= low
-        key *= 2
-        key += tensorboard
-        order = np.argsort(key, kind="stable")
-    else:
-        order = np.lexsort((tensorboard, step, group))
-    return rows[order], group[order]
+    if math.prod(sizes) * span * 2 >= 2**62:
+        group = (codes[0].astype(np.int64) * sizes[1] + codes[1]) * sizes[2] + codes[2]
+        order = np.lexsort((keys.tensorboard[rows], step, group))
+        return rows[order], group[order], step[order]
+
+    # one integer key, built in place; the rows come in long sorted stretches, which a stable
+    # sort merges
+    key = codes[0].astype(np.int64)
+    for size, part in zip(sizes[1:], codes[1:]):
+        key *= size
+        key += part
+    key *= span
+    key += step
+    key -= low
+    key *= 2
+    key += keys.tensorboard[rows]
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    key >>= 1
+    step = key % span
+    step += low
+    key //= span
+    return rows[order], key, step
 
 
-def merged_rows(table: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+def merged_rows(keys: Keys, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Rows with one value per (run, split, step, metric), TensorBoard's where both have one.
 
-    Returns (rows in key order, their group codes, whether any key was in both sources).
+    Returns (rows in key order, their group codes, their steps, whether any key was in both
+    sources).
     """
-    order, group = sorted_keys(table, rows)
-    step = table[s.STEP].to_numpy()[order]
+    order, group, step = sorted_keys(keys, rows)
     # of the rows that share a key, keep the last: TensorBoard's, which sorts after the log's
     last = np.ones(len(order), dtype=bool)
     last[:-1] = (group[:-1] != group[1:]) | (step[:-1] != step[1:])
-    return order[last], group[last], not last.all()
+    return order[last], group[last], step[last], not last.all()
 
 
 def merge_sources(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
@@ -112,26 +138,40 @@ def merge_sources(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     Returns the merged table, sorted by run (in the given order), split, metric and step,
     and whether any value was logged by both.
     """
-    kept, _, both = merged_rows(table, np.arange(len(table)))
+    kept, _, _, both = merged_rows(Keys.of(table), np.arange(len(table)))
     return table.take(kept).reset_index(drop=True), both
 
 
-# (run, split, metric) -> that series' rows, sorted by step, one per step
+# (run, split, metric) -> that series' `step` and `value`, sorted by step, one row per step
 Series = dict[tuple[str, str, str], pd.DataFrame]
 
 
 def split_series(table: pd.DataFrame, metrics: Sequence[str]) -> tuple[Series, bool]:
     """The merged series of the chosen metrics, and whether both sources had some key."""
+    keys = Keys.of(table)
+    values = table[s.VALUE].to_numpy()
+    (run_codes, runs), (split_codes, splits), (metric_codes, metric_names) = keys.labels
     rows = np.flatnonzero(table[s.METRIC].isin(list(metrics)).to_numpy())
-    kept, group, both = merged_rows(table, rows)
-    picked = table.take(kept).reset_index(drop=True)
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else []
-    ends = [*starts[1:], len(picked)]
-    series = {}
-    for start, end in zip(starts, ends):
-        first = picked.iloc[start]
-        key = (str(first[s.RUN]), str(first[s.SPLIT]), str(first[s.METRIC]))
-        series[key] = picked.iloc[start:end]
+    if np.any(run_codes[rows[1:]] < run_codes[rows[:-1]]):
+        rows = rows[np.argsort(run_codes[rows], kind="stable")]
+    cuts = np.flatnonzero(run_codes[rows[1:]] != run_codes[rows[:-1]]) + 1
+
+    # one run at a time: the sort's arrays are small, and memory once used is used again
+    series, both = {}, False
+    for block in np.split(rows, cuts) if len(rows) else []:
+        kept, group, step, shared = merged_rows(keys, block)
+        both |= shared
+        value = values[kept]
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(kept)]):
+            first = kept[start]
+            key = (
+                runs[run_codes[first]],
+                splits[split_codes[first]],
+                metric_names[metric_codes[first]],
+            )
+            points = {s.STEP: step[start:end], s.VALUE: value[start:end]}
+            series[key] = pd.DataFrame(points, copy=False)
     return series, both
 
 

@@ -58,6 +58,14 @@ def test_tensorboard_wins_over_log(real):
     assert entropy.value.item() == pytest.approx(3.317942, abs=1e-6)
 
 
+def test_steps_too_far_apart_for_one_sort_key_merge_the_same(real):
+    # 2**52 apart, (run, split, metric, step) no longer fits one int64: sorted by lexsort
+    merged, both = merge_sources(real)
+    far, far_both = merge_sources(real.assign(step=real["step"] * 2**52))
+    assert far_both == both
+    pd.testing.assert_frame_equal(far.assign(step=far["step"] // 2**52), merged)
+
+
 def test_statistics_by_hand():
     values = [5.0, 4.0, 3.0, 2.0, 1.0, 1.5, 1.0, 0.8, 0.9, 0.7]
     result = compare_runs(
