@@ -344,3 +344,25 @@ def test_trajectory_as_json_and_types_all_over_the_run_config(in_root, capsys):
     code, out, err = attnent(args[:5], capsys)
     assert code == 0 and out.splitlines()[0].split() == ["step", "mean"]
     assert [line.split()[0] for line in out.splitlines()[1:4]] == ["100", "200", "300"]
+
+
+def test_eole_compat_difference_is_the_difference_of_the_printed_numbers():
+    from attn_entropy_cli.cli.compute import render_compat
+    from attn_entropy_cli.eole_compat import CompatResult
+
+    # eole - attnent is 0.9999998 (prints as 1.000000); the printed numbers differ by 0.999999
+    result = CompatResult(
+        eole=1.0000004,
+        attnent=0.0000006,
+        clamp=0.0,
+        padded_rows=0.4,
+        sentence_weighting=0.5999999,
+        std=("context", 1, 0),
+        n_sentences=3,
+        n_batches=1,
+        batch_size=50,
+        batch_type="sents",
+    )
+    lines = render_compat(result).splitlines()
+    assert lines[1:3] == ["  EOLE would log        1.000000", "  attnent's definition  0.000001"]
+    assert lines[3].startswith("  difference            +0.999999 = padded rows +0.400000")

@@ -108,6 +108,8 @@ def render(result) -> str:
 def render_compat(result) -> str:
     """EOLE's logged number next to attnent's, and the difference taken apart."""
     attn_type, layer, head = result.std
+    # the difference of the two numbers as printed, so that the line reads as a subtraction
+    difference = round(result.eole, 6) - round(result.attnent, 6)
     batches = f"{result.n_batches} batch{'es' if result.n_batches != 1 else ''}"
     lines = [
         f"EOLE-compatible entropy ({result.unit}): {attn_type} layer {layer} head {head} "
@@ -115,7 +117,7 @@ def render_compat(result) -> str:
         f"{result.batch_type}",
         f"  EOLE would log        {result.eole:.6f}",
         f"  attnent's definition  {result.attnent:.6f}",
-        f"  difference            {result.difference:+.6f} = padded rows {result.padded_rows:+.6f}"
+        f"  difference            {difference:+.6f} = padded rows {result.padded_rows:+.6f}"
         f" + per-sentence averaging {result.sentence_weighting:+.6f} + clamp {result.clamp:+.1e}",
     ]
     lines += [f"  note: {note}" for note in result.notes]
