@@ -11,7 +11,8 @@ own (`ATTNENT_CACHE_DIR`): the first compare (cache emptied before: every file i
 worker processes) and the second (every table from the cache). CPU s and peak RSS are the
 compare process's own: the reading workers are forked by multiprocessing's fork server, not by
 the compare process, so their time and memory are not in the rusage this script reads. The
-target is the second's wall time.
+target is the second's wall time. Last, the cached read alone (`read_runs`, in a fresh process,
+imports excluded): the part of the second compare that grows with the data read.
 
 Usage: python benchmarks/compare_many.py [--runs 50] [--steps 100000]
 """
@@ -57,6 +58,24 @@ def timed(command: list[str], env: dict) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def cached_read(folders: list[Path], env: dict) -> float:
+    """Wall seconds of reading every run's table from the cache, in a fresh process."""
+    code = (
+        "import sys, time; from pathlib import Path; import warnings; "
+        "from attn_entropy_cli.runs import read_runs; "
+        "warnings.simplefilter('ignore'); start = time.perf_counter(); "
+        "read_runs([Path(p) for p in sys.argv[1:]]); print(time.perf_counter() - start)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, folders)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout)
+
+
 def main() -> None:
     """Generate the runs, time a first and a cached compare, and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,6 +102,11 @@ def main() -> None:
             f"| {args.runs} | {size / 1e9:.2f} | {label} | {wall:.1f} | {cpu:.1f} | {rss:.0f} |",
             flush=True,
         )
+    seconds = cached_read(folders, env)
+    print(
+        f"cached read alone (`read_runs` of the {args.runs} runs, imports excluded): "
+        f"{seconds:.2f} s wall, {seconds / (size / 1e9):.2f} s per GB read the first time"
+    )
 
 
 if __name__ == "__main__":
