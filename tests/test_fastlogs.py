@@ -404,3 +404,14 @@ def test_a_step_beyond_64_bits_is_skipped_as_an_unreadable_step_line(step):
     lines[at] = lines[at].replace("Step 7/", f"Step {step}/")  # a validation block follows
     got = assert_same(data_of(lines))
     assert (step == "9223372036854775807") == (int(step) in got.step)
+
+
+@pytest.mark.parametrize("hinted", [False, True])
+def test_output_arrays_past_a_megabyte_are_mapped_and_filled(hinted):
+    # more than 1 MB a column: the arrays are mappings, populated when the size is known
+    data = data_of(log_of(EOLE_064, 12000))
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    expected, _ = logs.parse_lines(text)
+    assert len(expected) * 8 > 1 << 20
+    got = fastlogs.read_columns(io.BytesIO(data), 1 << 20, len(data) if hinted else 0)
+    assert exact(got.rows()) == exact(expected)
