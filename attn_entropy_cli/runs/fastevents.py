@@ -6,7 +6,7 @@ scalars after a `SessionLog.START`, its first-metadata-per-tag rule and its excl
 hparams tensors. A file this reader cannot reproduce exactly raises `Fallback`, and the caller
 reads it with tbparse.
 
-How it works, per chunk of the file (32 MB, so memory follows the result, not the file):
+How it works, per chunk of the file (4 MB, so memory follows the result, not the file):
 - The record framing (length, CRC, payload, CRC) is walked by predicting that record lengths
   repeat with the period seen so far (six scalars per step repeat every six records) and
   checking a whole block of predicted lengths with numpy; a Python step takes over where the
@@ -22,14 +22,15 @@ How it works, per chunk of the file (32 MB, so memory follows the result, not th
 
 Why this reader and not another, measured with `benchmarks/read_events.py --dataserver` on
 a 2-core machine (EOLE-like files; six `progress/*` scalars per step, `valid/*` every 1,000):
-- tbparse: 15.4 CPU s and 342 MB peak at 100k steps (33 MB); 133 CPU s and 2.2 GB at 1M
+- tbparse: 16.8 CPU s and 342 MB peak at 100k steps (33 MB); 141 CPU s and 2.2 GB at 1M
   steps. It stops quietly at the first corrupt record.
-- tensorboard-data-server (rustboard, ships with tensorboard), with `--checksum`: 0.83 CPU s
-  and 459 MB peak at 100k steps, the same rows there. It is a gRPC server that must be
-  started, polled until loaded and queried; it keeps one value per step (rows differ from
-  tbparse's where a step repeats) and downsamples unless told `scalars=all`.
-- this reader: 0.64 CPU s and 197 MB peak at 100k steps; 5.3 CPU s and 749 MB at 1M steps
-  (25x tbparse's CPU time, a third of its memory), the same rows, every CRC checked, and
+- tensorboard-data-server (rustboard, ships with tensorboard), with `--checksum`: 0.92 CPU s
+  and 463 MB peak at 100k steps (this reader: 0.47 s in that run), the same rows there. It is
+  a gRPC server that must be started, polled until loaded and queried; it keeps one value per
+  step (rows differ from tbparse's where a step repeats) and downsamples unless told
+  `scalars=all`.
+- this reader: 0.45 CPU s and 196 MB peak at 100k steps; 5.0 CPU s and 795 MB at 1M steps
+  (28x tbparse's CPU time, a third of its memory), the same rows, every CRC checked, and
   no server process to manage.
 """
 
