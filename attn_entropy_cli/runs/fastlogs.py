@@ -439,10 +439,11 @@ def untouched(length: int, dtype, populate: bool = False) -> np.ndarray:
     # 88 ms), for an array that will be written whole.
     if length * np.dtype(dtype).itemsize < 1 << 20:
         return np.zeros(length, dtype)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    if populate:
-        flags |= getattr(mmap, "MAP_POPULATE", 0)  # Linux only
-    return np.frombuffer(mmap.mmap(-1, length * np.dtype(dtype).itemsize, flags=flags), dtype)
+    size = length * np.dtype(dtype).itemsize
+    if populate and hasattr(mmap, "MAP_POPULATE"):  # Linux only
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+        return np.frombuffer(mmap.mmap(-1, size, flags=flags), dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype)
 
 
 @dataclass
