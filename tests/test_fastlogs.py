@@ -415,3 +415,16 @@ def test_output_arrays_past_a_megabyte_are_mapped_and_filled(hinted):
     assert len(expected) * 8 > 1 << 20
     got = fastlogs.read_columns(io.BytesIO(data), 1 << 20, len(data) if hinted else 0)
     assert exact(got.rows()) == exact(expected)
+
+
+def test_a_step_beyond_64_bits_at_a_chunk_end_leaves_the_step_before():
+    # the validation block after it, in the next chunk, keeps the step of the line before
+    lines = log_of(EOLE_064, 30, every=1000)
+    at = next(i for i, line in enumerate(lines) if "Step 7/" in line)
+    lines[at] = lines[at].replace("Step 7/", f"Step {'9' * 20}/")
+    head = lines[1][: lines[1].index("Step")]
+    lines[at + 1 : at + 1] = [head + v for v in VALIDATION]
+    data = data_of(lines)
+    cut = len(data_of(lines[: at + 1]))  # a chunk ends with the long step's line
+    got = assert_same(data, cut)
+    assert 6 in got.step[got.split_codes == got.splits.index("valid")]

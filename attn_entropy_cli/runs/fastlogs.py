@@ -705,7 +705,7 @@ class Reader:
         for line in reversed(lines):
             match = logs.PREFIX.match(line)
             message = match.group(3).rstrip() if match else ""
-            step_match = logs.STEP.match(message) if message.startswith("Step") else None
+            step_match = logs.step_line(message)
             if step_match:
                 return rows, int(step_match.group(1))
         return rows, step

@@ -108,6 +108,14 @@ def parse_step_fields(body: str) -> Iterator[tuple[str, float]]:
                 yield metric_name(key), value
 
 
+def step_line(message: str) -> re.Match | None:
+    """The `STEP` match of a message that is a Step line, None for any other message."""
+    match = STEP.match(message) if message.startswith("Step") else None
+    if match and int(match.group(1)) > MAX_STEP:
+        return None  # no run gets there: damage, not a step, and too large for the table
+    return match
+
+
 def parse_lines(lines: Iterable[str], step: int | None = None) -> tuple[list[Row], int]:
     """Rows of Step lines and validation blocks, and the count of blocks with no step.
 
@@ -123,11 +131,9 @@ def parse_lines(lines: Iterable[str], step: int | None = None) -> tuple[list[Row
         date, millis, message = match.groups()
         message = message.rstrip()
         if message.startswith("Step"):
-            step_match = STEP.match(message)
+            step_match = step_line(message)
             if not step_match:
                 continue
-            if int(step_match.group(1)) > MAX_STEP:
-                continue  # no run gets there: damage, not a step, and too large for the table
             step = int(step_match.group(1))
             wall_time = parse_wall_time(date, millis)
             for metric, value in parse_step_fields(step_match.group(2)):
